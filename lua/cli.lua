@@ -1,0 +1,116 @@
+-- The command line: global options, the command registry and dispatch.
+--
+-- Every module in lua/commands/ is a command, and so is every .lua file in
+-- <root>/commands/ (users' own).  A command is a table
+--   { name, usage, summary, group = "app"|"backend"|"other", run(ctx, args) }
+-- and run returns the exit code.
+
+local ui = require("ui")
+
+local M = {}
+
+M.EXIT_OK, M.EXIT_FAIL, M.EXIT_USAGE = 0, 1, 2
+
+-- Splits global options (allowed before or after the command) from the rest.
+local function parse_globals(argv)
+    local opts, rest = { json = false, no_color = false }, {}
+    local i = 1
+    while i <= #argv do
+        local a = argv[i]
+        if a == "--root" then
+            if argv[i + 1] == nil then return nil, "--root needs a directory" end
+            opts.root = argv[i + 1]
+            i = i + 1
+        elseif a:sub(1, 7) == "--root=" then
+            opts.root = a:sub(8)
+        elseif a == "--json" then
+            opts.json = true
+        elseif a == "--no-color" then
+            opts.no_color = true
+        else
+            rest[#rest + 1] = a
+        end
+        i = i + 1
+    end
+    return opts, rest
+end
+
+local function check_command(cmd, where)
+    if type(cmd) ~= "table" or type(cmd.name) ~= "string" or type(cmd.run) ~= "function" then
+        return nil, where .. ": a command module must return { name = ..., run = function }"
+    end
+    return cmd
+end
+
+-- Builds the registry: name -> command, plus the names in help order.
+function M.registry(root)
+    local commands, order = {}, {}
+    for _, mod in ipairs(M.sorted_keys(cm.modules("commands."))) do
+        local cmd = assert(check_command(require(mod), mod))
+        commands[cmd.name] = cmd
+        order[#order + 1] = cmd.name
+    end
+    local dir = root and (root .. "/commands")
+    local names = dir and cm.fs.list(dir) or {}
+    for _, file in ipairs(names) do
+        if file:match("%.lua$") then
+            local path = dir .. "/" .. file
+            local chunk, err = loadfile(path, "t")
+            local ok, cmd = chunk ~= nil, err
+            if ok then ok, cmd = pcall(chunk) end
+            if ok then cmd, err = check_command(cmd, path) end
+            if not ok or not cmd then
+                ui.warn("ignoring %s: %s", path, tostring(err or cmd))
+            elseif commands[cmd.name] then
+                ui.warn("ignoring %s: '%s' is a built-in command", path, cmd.name)
+            else
+                cmd.group = cmd.group or "user"
+                commands[cmd.name] = cmd
+                order[#order + 1] = cmd.name
+            end
+        end
+    end
+    return commands, order
+end
+
+function M.sorted_keys(t)
+    local keys = {}
+    for k in pairs(t) do keys[#keys + 1] = k end
+    table.sort(keys)
+    return keys
+end
+
+function M.main(argv)
+    local opts, rest = parse_globals(argv)
+    if not opts then
+        ui.error("%s", rest)
+        return M.EXIT_USAGE
+    end
+    ui.setup(opts)
+    local root = opts.root or cm.sys.getenv("CHAT_MANAGER_ROOT")
+    if root == nil or root == "" then root = assert(cm.sys.cwd()) end
+    local real = cm.fs.realpath(root)
+    if not real then
+        ui.error("root directory not found: %s", root)
+        return M.EXIT_USAGE
+    end
+    local ctx = { root = real, json = opts.json, no_color = opts.no_color }
+    ctx.commands, ctx.order = M.registry(real)
+
+    local name = rest[1] or "help"
+    if name == "--help" or name == "-h" then name = "help" end
+    local cmd = ctx.commands[name]
+    if cmd == nil then
+        ui.error("Unknown command: %s", name)
+        ctx.commands.help.run(ctx, {}, io.stderr)
+        return M.EXIT_USAGE
+    end
+    local args = table.move(rest, 2, #rest, 1, {})
+    local code = cmd.run(ctx, args)
+    io.stdout:flush()
+    if code == nil or code == true then return M.EXIT_OK end
+    if code == false then return M.EXIT_FAIL end
+    return code
+end
+
+return M

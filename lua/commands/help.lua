@@ -1,0 +1,65 @@
+-- help: usage generated from the command registry, grouped like the old
+-- manager's help.
+
+local function pad(s, n)
+    return s .. string.rep(" ", math.max(1, n - utf8.len(s)))
+end
+
+local groups = {
+    { id = "app", title = "Application commands" },
+    { id = "backend", title = "Backend commands" },
+    { id = "other", title = "Other commands" },
+    { id = "user", title = "Your commands (<root>/commands/)" },
+}
+
+local function run(ctx, _, out)
+    out = out or io.stdout
+    local lines = {}
+    local function add(s) lines[#lines + 1] = s end
+    add("Chat-O-Llama process manager")
+    add("")
+    add("Usage: chat-manager <command> [arguments] [--root DIR] [--json] [--no-color]")
+    for _, g in ipairs(groups) do
+        local rows = {}
+        for _, name in ipairs(ctx.order) do
+            local cmd = ctx.commands[name]
+            if (cmd.group or "other") == g.id then
+                if cmd.subcommands then
+                    for _, sub in ipairs(cmd.subcommands) do rows[#rows + 1] = sub end
+                else
+                    rows[#rows + 1] = { usage = cmd.usage or cmd.name, summary = cmd.summary or "" }
+                end
+            end
+        end
+        if #rows > 0 then
+            add("")
+            add(g.title .. ":")
+            for _, r in ipairs(rows) do add("  " .. pad(r.usage, 34) .. r.summary) end
+        end
+    end
+    add("")
+    add("Options:")
+    add("  " .. pad("--root DIR", 34) .. "instance directory (else $CHAT_MANAGER_ROOT, else .)")
+    add("  " .. pad("--json", 34) .. "machine-readable output (status, backend status/health)")
+    add("  " .. pad("--no-color", 34) .. "no colours (also NO_COLOR, or when not a terminal)")
+    add("")
+    add("Files (in the root):")
+    add("  " .. pad("config.json", 34) .. "configuration ($CONFIG_FILE overrides the path)")
+    add("  " .. pad("process.pid", 34) .. "PID of the running app")
+    add("  " .. pad("logs/chat-o-llama_*.log", 34) .. "one log per start")
+    add("  " .. pad("models/", 34) .. "GGUF models for llama.cpp")
+    add("  " .. pad("run/", 34) .. "supervisor state, pid and lock")
+    add("")
+    add("Exit codes: 0 ok, 1 failed, 2 usage error; status: 0 running, 1 dead with pid file,")
+    add("3 not running, 4 unknown.")
+    out:write(table.concat(lines, "\n"), "\n")
+    return 0
+end
+
+return {
+    name = "help",
+    usage = "help",
+    summary = "show this help (also --help, -h)",
+    group = "other",
+    run = run,
+}

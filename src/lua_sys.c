@@ -1,0 +1,276 @@
+/*
+ * cm.sys and cm.log: the process's own environment (variables, terminal,
+ * signals) and the session log the supervisor writes its event lines to.
+ */
+#include "cm_modules.h"
+#include "runtime.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SIGNAL_MT "cm.signal"
+
+extern char **environ;
+
+static int l_getenv(lua_State *L)
+{
+    lua_pushstring(L, getenv(luaL_checkstring(L, 1)));
+    return 1;
+}
+
+static int l_setenv(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    if (lua_isnoneornil(L, 2))
+        unsetenv(name);
+    else
+        setenv(name, luaL_checkstring(L, 2), 1);
+    return 0;
+}
+
+static int l_environ(lua_State *L)
+{
+    lua_newtable(L);
+    for (char **e = environ; *e != NULL; e++) {
+        const char *eq = strchr(*e, '=');
+        if (eq == NULL) continue;
+        lua_pushlstring(L, *e, (size_t)(eq - *e));
+        lua_pushstring(L, eq + 1);
+        lua_rawset(L, -3);
+    }
+    return 1;
+}
+
+static int l_isatty(lua_State *L)
+{
+    lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+    return 1;
+}
+
+static int l_pid(lua_State *L)
+{
+    lua_pushinteger(L, getpid());
+    return 1;
+}
+
+static int l_cwd(lua_State *L)
+{
+    char buf[PATH_MAX];
+    if (getcwd(buf, sizeof buf) == NULL) return cm_fail(L, "ENOENT", "getcwd: %s", strerror(errno));
+    lua_pushstring(L, buf);
+    return 1;
+}
+
+static int l_exe(lua_State *L)
+{
+    char buf[PATH_MAX];
+    size_t size = sizeof buf;
+    if (uv_exepath(buf, &size) != 0) return cm_fail(L, "ENOENT", "cannot find this program");
+    lua_pushlstring(L, buf, size);
+    return 1;
+}
+
+static int l_write(lua_State *L)
+{
+    int fd = (int)luaL_checkinteger(L, 1);
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    fflush(stdout);
+    while (len > 0) {
+        ssize_t n = write(fd, data, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return cm_fail(L, "EIO", "write: %s", strerror(errno));
+        data += n;
+        len -= (size_t)n;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_exit(lua_State *L)
+{
+    int code = (int)luaL_optinteger(L, 1, 0);
+    fflush(stdout);
+    fflush(stderr);
+    _exit(code);
+}
+
+/* ---- signals ----------------------------------------------------------- */
+
+typedef struct signal_obj {
+    cm_owner_t owner;
+    uv_signal_t handle;
+    lua_State *L;
+    int fn_ref;
+    struct signal_obj **box;
+} signal_obj_t;
+
+static const struct {
+    const char *name;
+    int signum;
+} signal_names[] = {{"TERM", SIGTERM}, {"INT", SIGINT},   {"HUP", SIGHUP},
+                    {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"CHLD", SIGCHLD},
+                    {"QUIT", SIGQUIT}, {NULL, 0}};
+
+static void signal_free_cb(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void signal_close(signal_obj_t *s, int lua_usable)
+{
+    if (s->box != NULL) *s->box = NULL;
+    s->box = NULL;
+    if (lua_usable && s->fn_ref != LUA_NOREF) luaL_unref(s->L, LUA_REGISTRYINDEX, s->fn_ref);
+    s->fn_ref = LUA_NOREF;
+    if (!uv_is_closing((uv_handle_t *)&s->handle))
+        uv_close((uv_handle_t *)&s->handle, signal_free_cb);
+}
+
+static void signal_teardown(cm_owner_t *owner)
+{
+    signal_close((signal_obj_t *)owner, 0);
+}
+
+static void signal_cb(uv_signal_t *h, int signum)
+{
+    signal_obj_t *s = h->data;
+    if (cm_runtime_closing(cm_runtime_of(s->L)) || s->fn_ref == LUA_NOREF) return;
+    for (int i = 0; signal_names[i].name != NULL; i++) {
+        if (signal_names[i].signum == signum) {
+            lua_pushstring(s->L, signal_names[i].name);
+            cm_callback(s->L, s->fn_ref, 1);
+            return;
+        }
+    }
+}
+
+static int l_on_signal(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    int signum = 0;
+    for (int i = 0; signal_names[i].name != NULL; i++)
+        if (strcmp(signal_names[i].name, name) == 0) signum = signal_names[i].signum;
+    if (signum == 0) return luaL_error(L, "unknown signal '%s'", name);
+    signal_obj_t **box = lua_newuserdatauv(L, sizeof *box, 0);
+    *box = NULL;
+    luaL_setmetatable(L, SIGNAL_MT);
+    signal_obj_t *s = malloc(sizeof *s);
+    if (s == NULL) return luaL_error(L, "out of memory");
+    s->owner.teardown = signal_teardown;
+    s->L = cm_runtime_lua(cm_runtime_of(L));
+    lua_pushvalue(L, 2);
+    s->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    s->box = box;
+    *box = s;
+    uv_signal_init(cm_loop(L), &s->handle);
+    s->handle.data = s;
+    uv_signal_start(&s->handle, signal_cb, signum);
+    return 1;
+}
+
+static int l_signal_close(lua_State *L)
+{
+    signal_obj_t **box = luaL_checkudata(L, 1, SIGNAL_MT);
+    if (*box != NULL) signal_close(*box, 1);
+    return 0;
+}
+
+/* Like timers, a signal watcher lives until closed, not until collected. */
+static int l_signal_gc(lua_State *L)
+{
+    signal_obj_t **box = luaL_checkudata(L, 1, SIGNAL_MT);
+    if (*box != NULL) (*box)->box = NULL;
+    return 0;
+}
+
+int cm__open_sys(lua_State *L)
+{
+    static const luaL_Reg methods[] = {{"close", l_signal_close}, {NULL, NULL}};
+    if (luaL_newmetatable(L, SIGNAL_MT)) {
+        luaL_newlib(L, methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, l_signal_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_pop(L, 1);
+    static const luaL_Reg fns[] = {
+        {"getenv", l_getenv}, {"setenv", l_setenv}, {"environ", l_environ},
+        {"isatty", l_isatty}, {"pid", l_pid},       {"cwd", l_cwd},
+        {"exe", l_exe},       {"write", l_write},   {"exit", l_exit},
+        {"on_signal", l_on_signal}, {NULL, NULL}};
+    luaL_newlib(L, fns);
+    return 1;
+}
+
+/* ---- the session log --------------------------------------------------- */
+
+/* One per process: the supervisor has one session log at a time. */
+static int log_fd = -1;
+static char log_path[PATH_MAX];
+
+static int l_log_open(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) return cm_fail(L, "EIO", "%s: %s", path, strerror(errno));
+    if (log_fd >= 0) close(log_fd);
+    log_fd = fd;
+    snprintf(log_path, sizeof log_path, "%s", path);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* Appends one manager event line.  A failed write (disk full) is reported
+ * to the caller, never fatal: the app keeps running either way. */
+static int l_log_event(lua_State *L)
+{
+    const char *msg = luaL_checkstring(L, 1);
+    if (log_fd < 0) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    char stamp[32];
+    time_t now = time(NULL);
+    struct tm tm;
+    localtime_r(&now, &tm);
+    strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M:%S", &tm);
+    lua_pushfstring(L, "%s [chat-manager] %s\n", stamp, msg);
+    size_t len;
+    const char *line = lua_tolstring(L, -1, &len);
+    ssize_t n = write(log_fd, line, len); /* O_APPEND: one write, one line */
+    if (n < 0 || (size_t)n != len)
+        return cm_fail(L, "EIO", "%s: %s", log_path, n < 0 ? strerror(errno) : "short write");
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_log_path(lua_State *L)
+{
+    if (log_fd < 0) return 0;
+    lua_pushstring(L, log_path);
+    return 1;
+}
+
+static int l_log_fd(lua_State *L)
+{
+    if (log_fd < 0) return 0;
+    lua_pushinteger(L, log_fd);
+    return 1;
+}
+
+int cm__open_log(lua_State *L)
+{
+    static const luaL_Reg fns[] = {{"open", l_log_open}, {"event", l_log_event},
+                                   {"path", l_log_path}, {"fd", l_log_fd},
+                                   {NULL, NULL}};
+    luaL_newlib(L, fns);
+    return 1;
+}

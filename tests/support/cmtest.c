@@ -1,0 +1,347 @@
+/*
+ * Test support (see cmtest.h): everything a suite needs to run real
+ * processes on loopback with bounded waits.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "cmtest.h"
+#include "runtime.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+double cmt_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+const char *cmt_env(const char *name)
+{
+    const char *v = getenv(name);
+    if (v == NULL || v[0] == '\0') fail_msg("environment variable %s is not set (run via ctest)", name);
+    return v;
+}
+
+char *cmt_path(const char *dir, const char *name)
+{
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(n);
+    assert_non_null(p);
+    snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+char *cmt_fixture(const char *name)
+{
+    return cmt_path(cmt_env("CM_FIXTURES"), name);
+}
+
+char *cmt_source(const char *rel)
+{
+    return cmt_path(cmt_env("CM_SOURCE_DIR"), rel);
+}
+
+char *cmt_tempdir(void)
+{
+    char tmpl[] = "/tmp/cmtest.XXXXXX";
+    char *d = mkdtemp(tmpl);
+    assert_non_null(d);
+    return strdup(d);
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    chmod(path, 0700);
+    return remove(path);
+}
+
+void cmt_rmtree(const char *path)
+{
+    if (path == NULL) return;
+    chmod(path, 0700);
+    nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+void cmt_write_file(const char *path, const char *data)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, strlen(data), f), strlen(data));
+    assert_int_equal(fclose(f), 0);
+}
+
+char *cmt_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) return NULL;
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap + 1);
+    size_t got;
+    while ((got = fread(buf + n, 1, cap - n, f)) > 0) {
+        n += got;
+        if (n == cap) {
+            cap *= 2;
+            buf = realloc(buf, cap + 1);
+        }
+    }
+    fclose(f);
+    buf[n] = '\0';
+    if (len) *len = n;
+    return buf;
+}
+
+/* Builds envp: the current environment plus the extra "K=V" entries (which
+ * replace variables of the same name). */
+static char **make_env(const char *const extra[])
+{
+    size_t n = 0, m = 0;
+    while (environ[n]) n++;
+    while (extra && extra[m]) m++;
+    char **envp = calloc(n + m + 1, sizeof *envp);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        int replaced = 0;
+        for (size_t j = 0; j < m; j++) {
+            size_t kl = strcspn(extra[j], "=");
+            if (strncmp(environ[i], extra[j], kl) == 0 && environ[i][kl] == '=') replaced = 1;
+        }
+        if (!replaced) envp[k++] = environ[i];
+    }
+    for (size_t j = 0; j < m; j++) envp[k++] = (char *)extra[j];
+    envp[k] = NULL;
+    return envp;
+}
+
+typedef struct buf {
+    char *data;
+    size_t len, cap;
+} buf_t;
+
+static void buf_add(buf_t *b, const char *p, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        b->cap = (b->len + n + 1) * 2;
+        b->data = realloc(b->data, b->cap);
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+}
+
+cmt_result_t cmt_run(const char *const argv[], const char *const env[], int timeout_ms)
+{
+    cmt_result_t r = {0};
+    int out[2], err[2];
+    assert_int_equal(pipe2(out, O_CLOEXEC), 0);
+    assert_int_equal(pipe2(err, O_CLOEXEC), 0);
+    char **envp = make_env(env);
+    double t0 = cmt_now_ms();
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        setpgid(0, 0);
+        dup2(out[1], 1);
+        dup2(err[1], 2);
+        int devnull = open("/dev/null", O_RDONLY);
+        dup2(devnull, 0);
+        execve(argv[0], (char *const *)argv, envp);
+        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    setpgid(pid, pid);
+    free(envp);
+    close(out[1]);
+    close(err[1]);
+    buf_t bo = {0}, be = {0};
+    buf_add(&bo, "", 0);
+    buf_add(&be, "", 0);
+    struct pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
+    int open_fds = 2, timed_out = 0;
+    while (open_fds > 0) {
+        int left = timeout_ms - (int)(cmt_now_ms() - t0);
+        if (left <= 0) {
+            timed_out = 1;
+            break;
+        }
+        int n = poll(fds, 2, left);
+        if (n < 0 && errno == EINTR) continue;
+        for (int i = 0; i < 2; i++) {
+            if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+            char chunk[8192];
+            ssize_t got = read(fds[i].fd, chunk, sizeof chunk);
+            if (got <= 0) {
+                close(fds[i].fd);
+                fds[i].fd = -1;
+                open_fds--;
+            } else {
+                buf_add(i == 0 ? &bo : &be, chunk, (size_t)got);
+            }
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        if (fds[i].fd >= 0) close(fds[i].fd);
+    int status = 0;
+    if (timed_out) {
+        kill(-pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        r.code = -1;
+    } else {
+        /* Output closed; the child may still be exiting: bounded wait. */
+        for (;;) {
+            pid_t w = waitpid(pid, &status, WNOHANG);
+            if (w == pid) break;
+            if (cmt_now_ms() - t0 > timeout_ms) {
+                kill(-pid, SIGKILL);
+                waitpid(pid, &status, 0);
+                timed_out = 1;
+                break;
+            }
+            usleep(1000);
+        }
+        r.code = timed_out ? -1 : WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    r.out = bo.data;
+    r.err = be.data;
+    r.ms = cmt_now_ms() - t0;
+    return r;
+}
+
+void cmt_result_free(cmt_result_t *r)
+{
+    free(r->out);
+    free(r->err);
+    r->out = r->err = NULL;
+}
+
+cmt_result_t cmt_cm(const char *root, const char *const env[], int timeout_ms, ...)
+{
+    const char *argv[64];
+    int n = 0;
+    argv[n++] = cmt_env("CM_BINARY");
+    if (root != NULL) {
+        argv[n++] = "--root";
+        argv[n++] = root;
+    }
+    va_list ap;
+    va_start(ap, timeout_ms);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) != NULL && n < 62) argv[n++] = a;
+    va_end(ap);
+    argv[n] = NULL;
+    return cmt_run(argv, env, timeout_ms);
+}
+
+pid_t cmt_spawn(const char *const argv[], const char *const env[], const char *out_path)
+{
+    char **envp = make_env(env);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        setpgid(0, 0);
+        int fd = open(out_path ? out_path : "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0644);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        int devnull = open("/dev/null", O_RDONLY);
+        dup2(devnull, 0);
+        execve(argv[0], (char *const *)argv, envp);
+        _exit(127);
+    }
+    setpgid(pid, pid);
+    free(envp);
+    return pid;
+}
+
+void cmt_kill_group(pid_t pgid)
+{
+    if (pgid <= 1) return;
+    kill(-pgid, SIGKILL);
+    double t0 = cmt_now_ms();
+    while (cmt_now_ms() - t0 < 5000) {
+        pid_t w = waitpid(pgid, NULL, WNOHANG);
+        if (w == pgid || (w < 0 && errno == ECHILD)) break;
+        usleep(1000);
+    }
+}
+
+int cmt_wait_file(const char *path, int timeout_ms)
+{
+    double t0 = cmt_now_ms();
+    struct stat st;
+    while (cmt_now_ms() - t0 < timeout_ms) {
+        if (stat(path, &st) == 0 && st.st_size > 0) return 0;
+        usleep(2000);
+    }
+    return -1;
+}
+
+static int try_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    return ok;
+}
+
+int cmt_wait_port(int port, int timeout_ms)
+{
+    double t0 = cmt_now_ms();
+    while (cmt_now_ms() - t0 < timeout_ms) {
+        if (try_connect(port)) return 0;
+        usleep(2000);
+    }
+    return -1;
+}
+
+int cmt_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t len = sizeof a;
+    getsockname(fd, (struct sockaddr *)&a, &len);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+int cmt_lua(const char *code)
+{
+    cm_runtime_t *rt = cm_runtime_new();
+    assert_non_null(rt);
+    lua_State *L = cm_runtime_lua(rt);
+    int rc;
+    if (luaL_loadbufferx(L, code, strlen(code), "=test", "t") != LUA_OK) {
+        fprintf(stderr, "%s\n", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        rc = 1;
+    } else {
+        rc = cm_runtime_run(rt, 0);
+    }
+    cm_runtime_free(rt);
+    return rc;
+}

@@ -1,0 +1,64 @@
+/*
+ * Test support shared by the cmocka suites: temporary directories, files,
+ * running the real binary with a bounded wait, and running Lua snippets on a
+ * fresh runtime.  Include <stdarg.h> <stddef.h> <setjmp.h> <cmocka.h> first.
+ */
+#ifndef CMTEST_H
+#define CMTEST_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/* The value of a variable set by tests/CMakeLists.txt (fails the test if unset). */
+const char *cmt_env(const char *name);
+
+/* Path helpers: results are malloc'd, caller frees. */
+char *cmt_path(const char *dir, const char *name);
+char *cmt_fixture(const char *name); /* $CM_FIXTURES/name */
+char *cmt_source(const char *rel);   /* $CM_SOURCE_DIR/rel */
+
+/* A new empty directory under /tmp; cmt_rmtree removes it and all below. */
+char *cmt_tempdir(void);
+void cmt_rmtree(const char *path);
+
+/* Whole-file helpers; cmt_read_file returns NULL when the file is missing. */
+void cmt_write_file(const char *path, const char *data);
+char *cmt_read_file(const char *path, size_t *len);
+
+typedef struct cmt_result {
+    int code;      /* exit code, or 128+signal, or -1 when it timed out */
+    char *out;     /* stdout, NUL-terminated */
+    char *err;     /* stderr, NUL-terminated */
+    double ms;     /* wall time */
+} cmt_result_t;
+
+/* Runs argv (argv[0] a path) with extra "K=V" environment entries (NULL
+ * terminated, may be NULL), waits at most timeout_ms (then SIGKILLs the
+ * child's group).  The child runs in its own process group. */
+cmt_result_t cmt_run(const char *const argv[], const char *const env[], int timeout_ms);
+void cmt_result_free(cmt_result_t *r);
+
+/* Runs the binary under test: cmt_cm(root, env, timeout, "status", "--json", NULL). */
+cmt_result_t cmt_cm(const char *root, const char *const env[], int timeout_ms, ...);
+
+/* Starts a background process in its own process group; returns its pid. */
+pid_t cmt_spawn(const char *const argv[], const char *const env[], const char *out_path);
+/* Kills the group we started and reaps the leader (bounded). */
+void cmt_kill_group(pid_t pgid);
+
+/* Waits until path exists and is non-empty (bounded); returns 0 on success. */
+int cmt_wait_file(const char *path, int timeout_ms);
+/* Waits until a TCP connect to 127.0.0.1:port succeeds (bounded). */
+int cmt_wait_port(int port, int timeout_ms);
+/* A port that was free a moment ago. */
+int cmt_free_port(void);
+
+/* Runs a Lua chunk as the main task of a fresh runtime (with `cm` loaded).
+ * Returns the exit code (0 when the chunk returns nothing); on an error the
+ * message and traceback are printed. */
+int cmt_lua(const char *code);
+
+/* Milliseconds on the monotonic clock. */
+double cmt_now_ms(void);
+
+#endif
