@@ -378,6 +378,154 @@ static int l_set_error_handler(lua_State *L)
     return 0;
 }
 
+/* ---- cm.task.event: wake parked tasks from Lua ------------------------- */
+
+/* An event is set once with values; every task waiting on it (now or later)
+ * gets those values.  wait() takes an optional timeout, so each waiter has
+ * its own timer. */
+#define EVENT_MT "cm.event"
+
+typedef struct event_wait {
+    cm_owner_t owner;
+    uv_timer_t timer;
+    cm_waiter_t waiter;
+    struct event_wait *next;
+    struct event_obj *event; /* NULL once the event is gone */
+} event_wait_t;
+
+typedef struct event_obj {
+    int is_set;
+    int values_ref;        /* table {n=, ...} once set */
+    event_wait_t *waiters; /* parked tasks */
+} event_obj_t;
+
+static void event_wait_free_cb(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void event_unlink(struct event_obj *e, event_wait_t *w);
+
+static void event_wait_teardown(cm_owner_t *owner)
+{
+    event_wait_t *w = (event_wait_t *)owner;
+    if (w->event != NULL) event_unlink(w->event, w);
+    w->event = NULL;
+    if (!uv_is_closing((uv_handle_t *)&w->timer))
+        uv_close((uv_handle_t *)&w->timer, event_wait_free_cb);
+}
+
+static void event_unlink(event_obj_t *e, event_wait_t *w)
+{
+    for (event_wait_t **p = &e->waiters; *p != NULL; p = &(*p)->next) {
+        if (*p == w) {
+            *p = w->next;
+            return;
+        }
+    }
+}
+
+static void event_timeout_cb(uv_timer_t *t)
+{
+    event_wait_t *w = t->data;
+    if (w->event != NULL) event_unlink(w->event, w);
+    uv_close((uv_handle_t *)t, event_wait_free_cb);
+    lua_State *co = cm_waiter_thread(&w->waiter);
+    if (co == NULL) return;
+    lua_pushnil(co);
+    lua_pushliteral(co, "timeout");
+    cm_waiter_resume(&w->waiter, 2);
+}
+
+/* Pushes the event's values (from the registry table) on co; returns n. */
+static int event_push_values(lua_State *co, int values_ref)
+{
+    lua_rawgeti(co, LUA_REGISTRYINDEX, values_ref); /* [vals] */
+    lua_getfield(co, -1, "n");
+    int n = (int)lua_tointeger(co, -1);
+    lua_pop(co, 1);
+    luaL_checkstack(co, n + 1, "too many values");
+    for (int k = 1; k <= n; k++) lua_rawgeti(co, -k, k);
+    lua_remove(co, -n - 1); /* [v1..vn] */
+    return n;
+}
+
+static int l_event_new(lua_State *L)
+{
+    event_obj_t *e = lua_newuserdatauv(L, sizeof *e, 0);
+    memset(e, 0, sizeof *e);
+    e->values_ref = LUA_NOREF;
+    luaL_setmetatable(L, EVENT_MT);
+    return 1;
+}
+
+static int l_event_wait(lua_State *L)
+{
+    event_obj_t *e = luaL_checkudata(L, 1, EVENT_MT);
+    lua_Number timeout = luaL_optnumber(L, 2, -1);
+    if (e->is_set) return event_push_values(L, e->values_ref);
+    cm_waiter_t waiter;
+    cm_waiter_begin(L, &waiter);
+    event_wait_t *w = malloc(sizeof *w);
+    if (w == NULL) return luaL_error(L, "out of memory");
+    w->owner.teardown = event_wait_teardown;
+    w->waiter = waiter;
+    w->event = e;
+    w->next = e->waiters;
+    e->waiters = w;
+    uv_timer_init(cm_loop(L), &w->timer);
+    w->timer.data = w;
+    if (timeout >= 0) uv_timer_start(&w->timer, event_timeout_cb, (uint64_t)timeout, 0);
+    return cm_waiter_yield(L);
+}
+
+static int l_event_set(lua_State *L)
+{
+    event_obj_t *e = luaL_checkudata(L, 1, EVENT_MT);
+    if (e->is_set) return 0;
+    int n = lua_gettop(L) - 1;
+    lua_createtable(L, n, 1); /* [e, v1..vn, vals] */
+    for (int k = 1; k <= n; k++) {
+        lua_pushvalue(L, k + 1);
+        lua_rawseti(L, -2, k);
+    }
+    lua_pushinteger(L, n);
+    lua_setfield(L, -2, "n");
+    e->values_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    e->is_set = 1;
+    /* Detach the list first: a woken task may wait on this event again. */
+    event_wait_t *w = e->waiters;
+    e->waiters = NULL;
+    while (w != NULL) {
+        event_wait_t *next = w->next;
+        w->event = NULL;
+        uv_close((uv_handle_t *)&w->timer, event_wait_free_cb);
+        lua_State *co = cm_waiter_thread(&w->waiter);
+        if (co != NULL) cm_waiter_resume(&w->waiter, event_push_values(co, e->values_ref));
+        w = next;
+    }
+    return 0;
+}
+
+static int l_event_is_set(lua_State *L)
+{
+    event_obj_t *e = luaL_checkudata(L, 1, EVENT_MT);
+    lua_pushboolean(L, e->is_set);
+    return 1;
+}
+
+static int l_event_gc(lua_State *L)
+{
+    event_obj_t *e = luaL_checkudata(L, 1, EVENT_MT);
+    /* Waiting tasks hold the event on their stacks, so none is left here
+     * unless the runtime is closing: their timers are closed by teardown. */
+    for (event_wait_t *w = e->waiters; w != NULL; w = w->next) w->event = NULL;
+    e->waiters = NULL;
+    if (e->values_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, e->values_ref);
+    e->values_ref = LUA_NOREF;
+    return 0;
+}
+
 int cm__open_task(lua_State *L)
 {
     static const luaL_Reg methods[] = {
@@ -389,7 +537,16 @@ int cm__open_task(lua_State *L)
         lua_setfield(L, -2, "__gc");
     }
     lua_pop(L, 1);
-    static const luaL_Reg fns[] = {{"spawn", l_task_spawn}, {NULL, NULL}};
+    static const luaL_Reg event_methods[] = {
+        {"wait", l_event_wait}, {"set", l_event_set}, {"is_set", l_event_is_set}, {NULL, NULL}};
+    if (luaL_newmetatable(L, EVENT_MT)) {
+        luaL_newlib(L, event_methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, l_event_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_pop(L, 1);
+    static const luaL_Reg fns[] = {{"spawn", l_task_spawn}, {"event", l_event_new}, {NULL, NULL}};
     luaL_newlib(L, fns);
     return 1;
 }
