@@ -1,0 +1,1250 @@
+/*
+ * The config file and the JSON engine under it (see config.h).
+ *
+ * cJSON parses and keeps key order; this file adds what a config file needs
+ * on top of it:
+ *  - syntax errors with a line, a column and a reason, found by a small
+ *    grammar check that runs only after cJSON has refused a text (cJSON's own
+ *    error position is approximate);
+ *  - a printer that writes exactly what Python's json.dump(indent=2,
+ *    ensure_ascii=False) writes, so that Chat-O-Llama's files round-trip byte
+ *    for byte.  cJSON keeps only the double of a number, so the parser keeps
+ *    the source spelling of every number the printer would not reproduce
+ *    (1.0, 1E5, 12345678901234567890) in the node's unused valuestring;
+ *  - dotted keys, and saves that are atomic and serialised by a lock.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <locale.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The largest integer a double holds exactly, and so the largest magnitude
+ * printed as an integer without a kept spelling. */
+#define EXACT_INT_MAX 9007199254740992.0
+
+/* How long a save waits for the lock before giving up, and how often it
+ * retries meanwhile. */
+#define LOCK_WAIT_MS 5000
+#define LOCK_RETRY_MS 10
+
+static const char UTF8_BOM[] = "\xEF\xBB\xBF";
+
+/* CM_JSON_MAX_DEPTH as text, for messages. */
+#define CM_JSON_STR_(x) #x
+#define CM_JSON_STR(x) CM_JSON_STR_(x)
+#define CM_JSON_DEPTH_TEXT CM_JSON_STR(CJSON_NESTING_LIMIT)
+
+const char *cm_errno_code(int err)
+{
+    const char *name = strerrorname_np(err);
+    return name != NULL ? name : "error";
+}
+
+static void set_error(cm_config_error_t *err, const char *code, int sys_errno, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void set_error(cm_config_error_t *err, const char *code, int sys_errno, const char *fmt, ...)
+{
+    if (err == NULL) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+    va_end(ap);
+    err->code = code;
+    err->sys_errno = sys_errno;
+}
+
+/* ---- numbers, independent of the locale --------------------------------- */
+
+/* printf and strtod follow LC_NUMERIC, and cJSON parses with the locale's
+ * decimal point too; JSON always uses '.', so both directions swap it. */
+static char locale_decimal_point(void)
+{
+    const struct lconv *lc = localeconv();
+    if (lc == NULL || lc->decimal_point == NULL || lc->decimal_point[0] == '\0') return '.';
+    return lc->decimal_point[0];
+}
+
+static int is_number_char(char c)
+{
+    return (c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.' || c == 'e' || c == 'E';
+}
+
+/* Reads a JSON number spelling from s (at most n bytes) as cJSON does: the
+ * longest run of number characters, at most 63 of them, through strtod.
+ * *used receives how many bytes strtod took (0 when none). */
+static double read_number(const char *s, size_t n, size_t *used)
+{
+    char buf[64];
+    size_t k = 0;
+    char dp = locale_decimal_point();
+    while (k < n && k < sizeof(buf) - 1 && is_number_char(s[k])) {
+        buf[k] = (s[k] == '.') ? dp : s[k];
+        k++;
+    }
+    buf[k] = '\0';
+    char *end = buf;
+    double v = strtod(buf, &end);
+    *used = (size_t)(end - buf);
+    return v;
+}
+
+/* Writes the default spelling of v into buf (at least 32 bytes).  Returns
+ * -1 for NaN and infinities, which JSON cannot express. */
+static int format_number(double v, char *buf, size_t len)
+{
+    if (!isfinite(v)) return -1;
+    if (v == floor(v) && fabs(v) <= EXACT_INT_MAX) {
+        snprintf(buf, len, "%lld", (long long)v);
+        return 0;
+    }
+    char dp = locale_decimal_point();
+    for (int precision = 15; precision <= 17; precision++) {
+        snprintf(buf, len, "%.*g", precision, v);
+        for (char *p = buf; *p != '\0'; p++)
+            if (*p == dp) *p = '.';
+        size_t used;
+        if (read_number(buf, strlen(buf), &used) == v) break;
+    }
+    return 0;
+}
+
+/* The kept spelling of a number node, when it still spells the node's value
+ * (a caller may have changed the double since). */
+static const char *number_literal(const cJSON *node)
+{
+    const char *lit = node->valuestring;
+    if (lit == NULL) return NULL;
+    size_t len = strlen(lit), used;
+    double v = read_number(lit, len, &used);
+    if (used == 0 || used != len || v != node->valuedouble) return NULL;
+    return lit;
+}
+
+int cm_json_set_literal(cJSON *number, const char *literal)
+{
+    size_t len = strlen(literal);
+    char *copy = cJSON_malloc(len + 1);
+    if (copy == NULL) return -1;
+    memcpy(copy, literal, len + 1);
+    if (number->valuestring != NULL) cJSON_free(number->valuestring);
+    number->valuestring = copy;
+    return 0;
+}
+
+int cm_json_integer(const cJSON *number, long long *out)
+{
+    const char *lit = number_literal(number);
+    if (lit != NULL) {
+        const char *p = lit + (lit[0] == '-');
+        if (*p == '\0' || strspn(p, "0123456789") != strlen(p)) return 0;
+        errno = 0;
+        long long v = strtoll(lit, NULL, 10);
+        if (errno == ERANGE) return 0;
+        *out = v;
+        return 1;
+    }
+    double v = number->valuedouble;
+    if (!isfinite(v) || v != floor(v) || fabs(v) > EXACT_INT_MAX) return 0;
+    *out = (long long)v;
+    return 1;
+}
+
+/* ---- syntax errors -------------------------------------------------------- */
+
+/* Why and where a text is not JSON.  Runs after cJSON has refused the text,
+ * and accepts everything cJSON accepts (raw control characters in strings,
+ * numbers as loose as strtod), so the first error it finds is the one that
+ * stopped cJSON. */
+typedef struct diagnosis {
+    size_t offset;    /* where the problem is */
+    const char *what; /* NULL when no error was found */
+    int at_eof;       /* the text ended too early */
+} diagnosis_t;
+
+static int diagnosed(diagnosis_t *d, size_t offset, const char *what)
+{
+    d->offset = offset;
+    d->what = what;
+    return 0;
+}
+
+static size_t skip_space(const char *s, size_t n, size_t i)
+{
+    while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+        i++;
+    return i;
+}
+
+static int hex4(const char *s, size_t n, size_t i, unsigned *out)
+{
+    if (n - i < 4) return 0;
+    unsigned v = 0;
+    for (size_t k = i; k < i + 4; k++) {
+        char c = s[k];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F')
+            v |= (unsigned)(c - 'A' + 10);
+        else
+            return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+/* Checks the string starting at the quote s[*i]; on success *i is past the
+ * closing quote.  Returns 0 with d filled on an error. */
+static int check_string(const char *s, size_t n, size_t *i, diagnosis_t *d)
+{
+    size_t j = *i + 1;
+    for (;;) {
+        if (j >= n) {
+            d->at_eof = 1;
+            return diagnosed(d, *i, "unterminated string");
+        }
+        char c = s[j];
+        if (c == '"') break;
+        if (c != '\\') {
+            j++;
+            continue;
+        }
+        if (j + 1 >= n) continue; /* reported as unterminated above */
+        char e = s[j + 1];
+        if (strchr("\"\\/bfnrt", e) != NULL && e != '\0') {
+            j += 2;
+            continue;
+        }
+        if (e != 'u') return diagnosed(d, j, "invalid escape in string");
+        unsigned code, low;
+        if (!hex4(s, n, j + 2, &code)) return diagnosed(d, j, "invalid \\u escape in string");
+        if (code >= 0xDC00 && code <= 0xDFFF)
+            return diagnosed(d, j, "lone UTF-16 surrogate in string");
+        if (code >= 0xD800 && code <= 0xDBFF) {
+            if (n - j < 12 || s[j + 6] != '\\' || s[j + 7] != 'u' || !hex4(s, n, j + 8, &low) ||
+                low < 0xDC00 || low > 0xDFFF)
+                return diagnosed(d, j, "lone UTF-16 surrogate in string");
+            j += 12;
+        } else {
+            j += 6;
+        }
+    }
+    *i = j + 1;
+    return 1;
+}
+
+static int starts_with(const char *s, size_t n, size_t i, const char *word)
+{
+    size_t len = strlen(word);
+    return n - i >= len && memcmp(s + i, word, len) == 0;
+}
+
+/* Finds the first syntax error of s.  Returns 1 when the grammar holds (the
+ * error is one only cJSON sees), 0 with d filled otherwise. */
+static int diagnose(const char *s, size_t n, diagnosis_t *d)
+{
+    enum { VALUE, KEY, AFTER } state = VALUE;
+    char stack[CM_JSON_MAX_DEPTH]; /* '{' or '[' for every open container */
+    size_t depth = 0, i = 0;
+    int after_comma = 0;
+
+    memset(d, 0, sizeof(*d));
+    for (;;) {
+        i = skip_space(s, n, i);
+        if (i >= n && (state != AFTER || depth > 0)) {
+            d->at_eof = 1;
+            return diagnosed(d, i, "unexpected end");
+        }
+        char c = i < n ? s[i] : '\0';
+        if (state == VALUE) {
+            if (c == '{' || c == '[') {
+                if (depth == CM_JSON_MAX_DEPTH)
+                    return diagnosed(d, i, "nesting deeper than " CM_JSON_DEPTH_TEXT " levels");
+                stack[depth++] = c;
+                i = skip_space(s, n, i + 1);
+                if (i < n && s[i] == (c == '{' ? '}' : ']')) {
+                    depth--;
+                    i++;
+                    state = AFTER;
+                } else {
+                    state = (c == '{') ? KEY : VALUE;
+                }
+                after_comma = 0;
+                continue;
+            }
+            if (c == '"') {
+                if (!check_string(s, n, &i, d)) return 0;
+                state = AFTER;
+                continue;
+            }
+            if (c == '-' || (c >= '0' && c <= '9')) {
+                size_t used;
+                read_number(s + i, n - i, &used);
+                if (used == 0) return diagnosed(d, i, "invalid number");
+                i += used;
+                state = AFTER;
+                continue;
+            }
+            if (starts_with(s, n, i, "true") || starts_with(s, n, i, "null")) {
+                i += 4;
+                state = AFTER;
+                continue;
+            }
+            if (starts_with(s, n, i, "false")) {
+                i += 5;
+                state = AFTER;
+                continue;
+            }
+            if ((c == ']' || c == '}') && after_comma) return diagnosed(d, i, "trailing comma");
+            if (c == '\'') return diagnosed(d, i, "strings must be in double quotes");
+            if (c == '/' || c == '#') return diagnosed(d, i, "comments are not allowed in JSON");
+            return diagnosed(d, i, "expected a value");
+        }
+        if (state == KEY) {
+            if (c == '"') {
+                if (!check_string(s, n, &i, d)) return 0;
+                i = skip_space(s, n, i);
+                if (i >= n) {
+                    d->at_eof = 1;
+                    return diagnosed(d, i, "unexpected end");
+                }
+                if (s[i] != ':') return diagnosed(d, i, "missing ':' after the key");
+                i++;
+                state = VALUE;
+                after_comma = 0;
+                continue;
+            }
+            if (c == '}' && after_comma) return diagnosed(d, i, "trailing comma");
+            if (c == '\'') return diagnosed(d, i, "strings must be in double quotes");
+            if (c == '/' || c == '#') return diagnosed(d, i, "comments are not allowed in JSON");
+            return diagnosed(d, i, "expected a key in double quotes");
+        }
+        /* AFTER a value */
+        if (depth == 0) {
+            if (i >= n) return 1;
+            return diagnosed(d, i, "unexpected text after the JSON value");
+        }
+        char open = stack[depth - 1];
+        if (c == ',') {
+            i++;
+            after_comma = 1;
+            state = (open == '{') ? KEY : VALUE;
+            continue;
+        }
+        if (c == (open == '{' ? '}' : ']')) {
+            depth--;
+            i++;
+            continue;
+        }
+        if (c == '/' || c == '#') return diagnosed(d, i, "comments are not allowed in JSON");
+        return diagnosed(d, i, open == '{' ? "missing ',' or '}'" : "missing ',' or ']'");
+    }
+}
+
+/* The 1-based line and column of s[offset]; the column counts characters
+ * (UTF-8 continuation bytes do not count). */
+static void line_col(const char *s, size_t offset, size_t *line, size_t *col)
+{
+    *line = 1;
+    *col = 1;
+    for (size_t k = 0; k < offset; k++) {
+        unsigned char c = (unsigned char)s[k];
+        if (c == '\n') {
+            (*line)++;
+            *col = 1;
+        } else if ((c & 0xC0) != 0x80) {
+            (*col)++;
+        }
+    }
+}
+
+/* Up to 20 bytes of s from offset, to the end of the line, never cutting a
+ * UTF-8 sequence, with control characters shown as '?'. */
+static void snippet(const char *s, size_t n, size_t offset, char *out, size_t outlen)
+{
+    size_t k = 0, max = outlen - 1 < 20 ? outlen - 1 : 20;
+    while (offset + k < n && k < max && s[offset + k] != '\n' && s[offset + k] != '\r')
+        k++;
+    if (offset + k < n && k == max)
+        while (k > 0 && ((unsigned char)s[offset + k] & 0xC0) == 0x80)
+            k--;
+    for (size_t j = 0; j < k; j++) {
+        unsigned char c = (unsigned char)s[offset + j];
+        out[j] = (c < 0x20 || c == 0x7F) ? '?' : (char)c;
+    }
+    out[k] = '\0';
+}
+
+/* Formats "line:col: what" for a text cJSON refused; cjson_offset is where
+ * cJSON stopped, used when the grammar check finds nothing. */
+static void describe_error(const char *s, size_t n, size_t cjson_offset, const char *eof_noun,
+                           char *out, size_t outlen)
+{
+    diagnosis_t d;
+    size_t line, col;
+    char near[32];
+    if (diagnose(s, n, &d)) {
+        d.offset = cjson_offset <= n ? cjson_offset : n;
+        d.what = NULL;
+    }
+    line_col(s, d.offset, &line, &col);
+    if (d.at_eof && d.offset >= n) {
+        snprintf(out, outlen, "%zu:%zu: invalid JSON: unexpected end of %s", line, col, eof_noun);
+        return;
+    }
+    snippet(s, n, d.offset, near, sizeof(near));
+    if (d.what == NULL) {
+        snprintf(out, outlen, "%zu:%zu: invalid JSON near '%s'", line, col, near);
+    } else if (d.at_eof) {
+        snprintf(out, outlen, "%zu:%zu: invalid JSON: %s (the %s ends inside it) near '%s'", line,
+                 col, d.what, eof_noun, near);
+    } else {
+        snprintf(out, outlen, "%zu:%zu: invalid JSON: %s near '%s'", line, col, d.what, near);
+    }
+}
+
+/* ---- parsing ------------------------------------------------------------------ */
+
+/* Walks the number tokens of a text in document order, which is also the
+ * order in which a depth-first walk of the parsed tree meets number nodes
+ * (cJSON keeps every member, duplicates included, in source order). */
+typedef struct number_scan {
+    const char *s;
+    size_t n, i;
+} number_scan_t;
+
+static int next_number(number_scan_t *sc, const char **tok, size_t *len)
+{
+    while (sc->i < sc->n) {
+        char c = sc->s[sc->i];
+        if (c == '"') {
+            sc->i++;
+            while (sc->i < sc->n && sc->s[sc->i] != '"')
+                sc->i += (sc->s[sc->i] == '\\') ? 2 : 1;
+            sc->i++;
+        } else if (c == '-' || (c >= '0' && c <= '9')) {
+            size_t start = sc->i;
+            while (sc->i < sc->n && is_number_char(sc->s[sc->i]))
+                sc->i++;
+            *tok = sc->s + start;
+            *len = sc->i - start;
+            return 1;
+        } else {
+            sc->i++;
+        }
+    }
+    return 0;
+}
+
+/* Keeps the source spelling of a number node when the printer would spell
+ * it differently. */
+static int keep_literal(cJSON *node, const char *tok, size_t len)
+{
+    char fmt[64], lit[64];
+    size_t used;
+    if (len >= sizeof(lit)) return 0;
+    if (read_number(tok, len, &used) != node->valuedouble || used != len) return 0;
+    if (format_number(node->valuedouble, fmt, sizeof(fmt)) == 0 && strlen(fmt) == len &&
+        memcmp(fmt, tok, len) == 0)
+        return 0;
+    memcpy(lit, tok, len);
+    lit[len] = '\0';
+    return cm_json_set_literal(node, lit);
+}
+
+static int keep_literals(cJSON *node, number_scan_t *sc)
+{
+    if (cJSON_IsNumber(node)) {
+        const char *tok;
+        size_t len;
+        if (!next_number(sc, &tok, &len)) return 0;
+        return keep_literal(node, tok, len);
+    }
+    for (cJSON *child = node->child; child != NULL; child = child->next)
+        if (keep_literals(child, sc) != 0) return -1;
+    return 0;
+}
+
+/* Parses s (n bytes, s[n] == '\0').  eof_noun names the text in messages. */
+static cJSON *parse_terminated(const char *s, size_t n, const char *eof_noun, char *err,
+                               size_t errlen)
+{
+    const char *nul = memchr(s, '\0', n);
+    if (nul != NULL) {
+        size_t line, col;
+        line_col(s, (size_t)(nul - s), &line, &col);
+        snprintf(err, errlen, "%zu:%zu: invalid JSON: NUL byte (is this a binary file?)", line,
+                 col);
+        return NULL;
+    }
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithOpts(s, &end, 1);
+    if (root == NULL) {
+        if (end == NULL || end < s) end = s;
+        describe_error(s, n, (size_t)(end - s), eof_noun, err, errlen);
+        return NULL;
+    }
+    number_scan_t sc = {s, n, 0};
+    if (keep_literals(root, &sc) != 0) {
+        cJSON_Delete(root);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    return root;
+}
+
+cJSON *cm_json_parse(const char *text, size_t len, char *err, size_t errlen)
+{
+    if (len > CM_CONFIG_MAX_BYTES) {
+        snprintf(err, errlen, "1:1: text too large (%zu bytes, limit %u)", len,
+                 CM_CONFIG_MAX_BYTES);
+        return NULL;
+    }
+    char *copy = malloc(len + 1);
+    if (copy == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    memcpy(copy, text, len);
+    copy[len] = '\0';
+    cJSON *root = parse_terminated(copy, len, "input", err, errlen);
+    free(copy);
+    return root;
+}
+
+/* ---- printing ------------------------------------------------------------------ */
+
+typedef struct outbuf {
+    char *p;
+    size_t len, cap;
+    int failed;
+} outbuf_t;
+
+static void put(outbuf_t *b, const char *s, size_t n)
+{
+    if (b->failed) return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (p == NULL) {
+            b->failed = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void puts_(outbuf_t *b, const char *s)
+{
+    put(b, s, strlen(s));
+}
+
+static void put_indent(outbuf_t *b, int level)
+{
+    static const char spaces[] = "                                ";
+    size_t n = (size_t)level * 2;
+    put(b, "\n", 1);
+    while (n > 0) {
+        size_t k = n < sizeof(spaces) - 1 ? n : sizeof(spaces) - 1;
+        put(b, spaces, k);
+        n -= k;
+    }
+}
+
+/* Escapes as Python's json module does with ensure_ascii=False: the quote,
+ * the backslash and control characters; every other byte as it is. */
+static void put_string(outbuf_t *b, const char *s)
+{
+    put(b, "\"", 1);
+    const char *run = s;
+    for (const char *p = s; *p != '\0'; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c >= 0x20 && c != '"' && c != '\\') continue;
+        put(b, run, (size_t)(p - run));
+        run = p + 1;
+        char esc[8];
+        switch (c) {
+        case '"':
+            puts_(b, "\\\"");
+            break;
+        case '\\':
+            puts_(b, "\\\\");
+            break;
+        case '\b':
+            puts_(b, "\\b");
+            break;
+        case '\f':
+            puts_(b, "\\f");
+            break;
+        case '\n':
+            puts_(b, "\\n");
+            break;
+        case '\r':
+            puts_(b, "\\r");
+            break;
+        case '\t':
+            puts_(b, "\\t");
+            break;
+        default:
+            snprintf(esc, sizeof(esc), "\\u%04x", c);
+            puts_(b, esc);
+        }
+    }
+    put(b, run, strlen(run));
+    put(b, "\"", 1);
+}
+
+static void put_value(outbuf_t *b, const cJSON *node, int level, int indent)
+{
+    if (b->failed) return;
+    if (level > CM_JSON_MAX_DEPTH + 100) {
+        b->failed = 1;
+        return;
+    }
+    char num[64];
+    const char *lit;
+    switch (node->type & 0xFF) {
+    case cJSON_NULL:
+        puts_(b, "null");
+        return;
+    case cJSON_False:
+        puts_(b, "false");
+        return;
+    case cJSON_True:
+        puts_(b, "true");
+        return;
+    case cJSON_Number:
+        lit = number_literal(node);
+        if (lit == NULL) {
+            if (format_number(node->valuedouble, num, sizeof(num)) != 0) {
+                b->failed = 1;
+                return;
+            }
+            lit = num;
+        }
+        puts_(b, lit);
+        return;
+    case cJSON_String:
+        put_string(b, node->valuestring ? node->valuestring : "");
+        return;
+    case cJSON_Raw:
+        puts_(b, node->valuestring ? node->valuestring : "null");
+        return;
+    case cJSON_Array:
+    case cJSON_Object:
+        break;
+    default:
+        b->failed = 1;
+        return;
+    }
+    int is_object = (node->type & 0xFF) == cJSON_Object;
+    if (node->child == NULL) {
+        puts_(b, is_object ? "{}" : "[]");
+        return;
+    }
+    puts_(b, is_object ? "{" : "[");
+    for (const cJSON *child = node->child; child != NULL; child = child->next) {
+        if (indent) put_indent(b, level + 1);
+        if (is_object) {
+            put_string(b, child->string ? child->string : "");
+            puts_(b, indent ? ": " : ":");
+        }
+        put_value(b, child, level + 1, indent);
+        if (child->next != NULL) puts_(b, ",");
+    }
+    if (indent) put_indent(b, level);
+    puts_(b, is_object ? "}" : "]");
+}
+
+char *cm_json_print(const cJSON *node, int indent, size_t *len)
+{
+    outbuf_t b = {0};
+    put_value(&b, node, 0, indent);
+    if (b.failed) {
+        free(b.p);
+        return NULL;
+    }
+    if (len != NULL) *len = b.len;
+    return b.p;
+}
+
+/* ---- loading --------------------------------------------------------------------- */
+
+static int only_space(const char *s, size_t n)
+{
+    return skip_space(s, n, 0) == n;
+}
+
+static const char *json_type_name(const cJSON *node)
+{
+    switch (node->type & 0xFF) {
+    case cJSON_Array:
+        return "an array";
+    case cJSON_String:
+        return "a string";
+    case cJSON_Number:
+        return "a number";
+    case cJSON_NULL:
+        return "null";
+    case cJSON_True:
+    case cJSON_False:
+        return "a boolean";
+    default:
+        return "something else";
+    }
+}
+
+/* Parses a buffer with s[n] == '\0' into a config. */
+static cm_config_t *config_from_buffer(const char *s, size_t n, const char *name,
+                                       cm_config_error_t *err)
+{
+    int bom = n >= 3 && memcmp(s, UTF8_BOM, 3) == 0;
+    if (bom) {
+        s += 3;
+        n -= 3;
+    }
+    if (only_space(s, n)) {
+        set_error(err, "syntax", 0, "%s:1:1: empty file", name);
+        return NULL;
+    }
+    char msg[400];
+    cJSON *root = parse_terminated(s, n, "file", msg, sizeof(msg));
+    if (root == NULL) {
+        set_error(err, strcmp(msg, "out of memory") == 0 ? "nomem" : "syntax", 0, "%s:%s", name,
+                  msg);
+        return NULL;
+    }
+    if (!cJSON_IsObject(root)) {
+        set_error(err, "type", 0, "%s: top level must be a JSON object, not %s", name,
+                  json_type_name(root));
+        cJSON_Delete(root);
+        return NULL;
+    }
+    cm_config_t *cfg = calloc(1, sizeof(*cfg));
+    char *path = strdup(name);
+    if (cfg == NULL || path == NULL) {
+        free(cfg);
+        free(path);
+        cJSON_Delete(root);
+        set_error(err, "nomem", ENOMEM, "%s: out of memory", name);
+        return NULL;
+    }
+    cfg->root = root;
+    cfg->path = path;
+    cfg->has_bom = bom;
+    return cfg;
+}
+
+cm_config_t *cm_config_parse(const char *text, size_t len, const char *name, cm_config_error_t *err)
+{
+    if (len > CM_CONFIG_MAX_BYTES) {
+        set_error(err, "too_large", 0, "%s: file too large (%zu bytes, limit 16 MiB)", name, len);
+        return NULL;
+    }
+    char *copy = malloc(len + 1);
+    if (copy == NULL) {
+        set_error(err, "nomem", ENOMEM, "%s: out of memory", name);
+        return NULL;
+    }
+    memcpy(copy, text, len);
+    copy[len] = '\0';
+    cm_config_t *cfg = config_from_buffer(copy, len, name, err);
+    free(copy);
+    return cfg;
+}
+
+/* Reads a whole regular file of at most CM_CONFIG_MAX_BYTES into a
+ * NUL-terminated buffer. */
+static char *read_file(const char *path, size_t *len, cm_config_error_t *err)
+{
+    /* O_NONBLOCK keeps a FIFO at this path from blocking the open; a
+     * regular file ignores it. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0) {
+        int e = errno;
+        set_error(err, cm_errno_code(e), e, "%s: %s", path, strerror(e));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        set_error(err, cm_errno_code(e), e, "%s: %s", path, strerror(e));
+        return NULL;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        close(fd);
+        set_error(err, "EISDIR", EISDIR, "%s: %s", path, strerror(EISDIR));
+        return NULL;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        set_error(err, "type", 0, "%s: not a regular file", path);
+        return NULL;
+    }
+    if (st.st_size > (off_t)CM_CONFIG_MAX_BYTES) {
+        close(fd);
+        set_error(err, "too_large", 0, "%s: file too large (%lld bytes, limit 16 MiB)", path,
+                  (long long)st.st_size);
+        return NULL;
+    }
+    /* The file may grow between fstat and read: read to the end, but never
+     * more than the limit plus one byte (which proves it too large). */
+    size_t cap = (size_t)st.st_size + 1, used = 0;
+    char *buf = malloc(cap + 1);
+    if (buf == NULL) {
+        close(fd);
+        set_error(err, "nomem", ENOMEM, "%s: out of memory", path);
+        return NULL;
+    }
+    for (;;) {
+        if (used == cap) {
+            if (cap > CM_CONFIG_MAX_BYTES) break;
+            size_t ncap = cap * 2 < CM_CONFIG_MAX_BYTES + 1 ? cap * 2 : CM_CONFIG_MAX_BYTES + 1;
+            char *nbuf = realloc(buf, ncap + 1);
+            if (nbuf == NULL) {
+                free(buf);
+                close(fd);
+                set_error(err, "nomem", ENOMEM, "%s: out of memory", path);
+                return NULL;
+            }
+            buf = nbuf;
+            cap = ncap;
+        }
+        ssize_t got = read(fd, buf + used, cap - used);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) {
+            int e = errno;
+            free(buf);
+            close(fd);
+            set_error(err, cm_errno_code(e), e, "%s: %s", path, strerror(e));
+            return NULL;
+        }
+        if (got == 0) break;
+        used += (size_t)got;
+    }
+    close(fd);
+    if (used > CM_CONFIG_MAX_BYTES) {
+        free(buf);
+        set_error(err, "too_large", 0, "%s: file too large (more than 16 MiB)", path);
+        return NULL;
+    }
+    buf[used] = '\0';
+    *len = used;
+    return buf;
+}
+
+cm_config_t *cm_config_load(const char *path, cm_config_error_t *err)
+{
+    size_t len;
+    char *text = read_file(path, &len, err);
+    if (text == NULL) return NULL;
+    cm_config_t *cfg = config_from_buffer(text, len, path, err);
+    free(text);
+    return cfg;
+}
+
+void cm_config_free(cm_config_t *cfg)
+{
+    if (cfg == NULL) return;
+    cJSON_Delete(cfg->root);
+    free(cfg->path);
+    free(cfg);
+}
+
+/* ---- dotted keys ------------------------------------------------------------------ */
+
+/* A key is one or more non-empty parts joined by dots. */
+static int valid_key(const char *key)
+{
+    if (key == NULL || key[0] == '\0' || key[0] == '.') return 0;
+    size_t len = strlen(key);
+    return key[len - 1] != '.' && strstr(key, "..") == NULL;
+}
+
+/* The length of the part of key starting at p. */
+static size_t part_len(const char *p)
+{
+    const char *dot = strchr(p, '.');
+    return dot != NULL ? (size_t)(dot - p) : strlen(p);
+}
+
+static cJSON *find_member(const cJSON *object, const char *name, size_t len)
+{
+    for (cJSON *child = object->child; child != NULL; child = child->next)
+        if (child->string != NULL && strlen(child->string) == len &&
+            memcmp(child->string, name, len) == 0)
+            return child;
+    return NULL;
+}
+
+cJSON *cm_config_get(const cm_config_t *cfg, const char *key)
+{
+    if (cfg == NULL || !valid_key(key)) return NULL;
+    cJSON *node = cfg->root;
+    for (const char *p = key;; p += part_len(p) + 1) {
+        if (!cJSON_IsObject(node)) return NULL;
+        node = find_member(node, p, part_len(p));
+        if (node == NULL || p[part_len(p)] == '\0') return node;
+    }
+}
+
+/* Gives node the member name `name` (len bytes), replacing any it had. */
+static int set_member_name(cJSON *node, const char *name, size_t len)
+{
+    char *copy = cJSON_malloc(len + 1);
+    if (copy == NULL) return -1;
+    memcpy(copy, name, len);
+    copy[len] = '\0';
+    if (node->string != NULL && !(node->type & cJSON_StringIsConst)) cJSON_free(node->string);
+    node->string = copy;
+    node->type &= ~cJSON_StringIsConst;
+    return 0;
+}
+
+int cm_config_set(cm_config_t *cfg, const char *key, cJSON *value, cm_config_error_t *err)
+{
+    if (value == NULL) {
+        set_error(err, "nomem", ENOMEM, "out of memory");
+        return -1;
+    }
+    if (cfg == NULL || !valid_key(key)) {
+        set_error(err, "key", 0, "invalid config key '%s'", key ? key : "(null)");
+        cJSON_Delete(value);
+        return -1;
+    }
+    /* Walk the parts that exist first, so that a failure leaves cfg as it
+     * was: `parent` ends at the deepest existing object, `p` at the first
+     * part it lacks (or the last part). */
+    cJSON *parent = cfg->root;
+    const char *p = key;
+    while (p[part_len(p)] != '\0') {
+        cJSON *child = find_member(parent, p, part_len(p));
+        if (child == NULL) break;
+        if (!cJSON_IsObject(child)) {
+            set_error(err, "key", 0, "cannot set '%s': '%.*s' is %s, not an object", key,
+                      (int)(p + part_len(p) - key), key, json_type_name(child));
+            cJSON_Delete(value);
+            return -1;
+        }
+        parent = child;
+        p += part_len(p) + 1;
+    }
+
+    if (p[part_len(p)] == '\0') {
+        /* Every intermediate exists: replace the member in place or append. */
+        cJSON *old = find_member(parent, p, part_len(p));
+        if (set_member_name(value, p, part_len(p)) != 0) goto nomem;
+        if (old != NULL) {
+            if (!cJSON_ReplaceItemViaPointer(parent, old, value)) goto nomem;
+        } else {
+            cJSON_AddItemToArray(parent, value); /* keeps value->string as the key */
+        }
+        return 0;
+    }
+
+    /* Build the missing objects from the innermost out, detached, so an
+     * allocation failure cannot leave half of them behind. */
+    cJSON *chain = value;
+    const char *parts[64];
+    size_t nparts = 0;
+    for (const char *q = p;; q += part_len(q) + 1) {
+        if (nparts == sizeof(parts) / sizeof(parts[0])) {
+            set_error(err, "key", 0, "config key '%s' has too many parts", key);
+            cJSON_Delete(value);
+            return -1;
+        }
+        parts[nparts++] = q;
+        if (q[part_len(q)] == '\0') break;
+    }
+    if (set_member_name(chain, parts[nparts - 1], part_len(parts[nparts - 1])) != 0) goto nomem;
+    for (size_t k = nparts - 1; k > 0; k--) {
+        cJSON *object = cJSON_CreateObject();
+        if (object == NULL || set_member_name(object, parts[k - 1], part_len(parts[k - 1])) != 0) {
+            cJSON_Delete(object);
+            cJSON_Delete(chain); /* holds value */
+            set_error(err, "nomem", ENOMEM, "out of memory");
+            return -1;
+        }
+        cJSON_AddItemToArray(object, chain);
+        chain = object;
+    }
+    cJSON_AddItemToArray(parent, chain);
+    return 0;
+
+nomem:
+    cJSON_Delete(value);
+    set_error(err, "nomem", ENOMEM, "out of memory");
+    return -1;
+}
+
+int cm_config_unset(cm_config_t *cfg, const char *key)
+{
+    if (cfg == NULL || !valid_key(key)) return 0;
+    cJSON *parent = cfg->root;
+    const char *p = key;
+    while (p[part_len(p)] != '\0') {
+        parent = find_member(parent, p, part_len(p));
+        if (!cJSON_IsObject(parent)) return 0;
+        p += part_len(p) + 1;
+    }
+    cJSON *node = find_member(parent, p, part_len(p));
+    if (node == NULL) return 0;
+    cJSON_Delete(cJSON_DetachItemViaPointer(parent, node));
+    return 1;
+}
+
+/* ---- saving ------------------------------------------------------------------------ */
+
+char *cm_config_text(const cm_config_t *cfg, size_t *len)
+{
+    outbuf_t b = {0};
+    if (cfg->has_bom) puts_(&b, UTF8_BOM);
+    put_value(&b, cfg->root, 0, 1);
+    puts_(&b, "\n");
+    if (b.failed) {
+        free(b.p);
+        return NULL;
+    }
+    if (len != NULL) *len = b.len;
+    return b.p;
+}
+
+static double monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Opens and exclusively locks lock_path, retrying for LOCK_WAIT_MS.  Returns
+ * the descriptor (closing it releases the lock) or -1 with errno set
+ * (EWOULDBLOCK after the wait). */
+static int take_lock(const char *lock_path)
+{
+    int fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
+    if (fd < 0) return -1;
+    double deadline = monotonic_ms() + LOCK_WAIT_MS;
+    for (;;) {
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0) return fd;
+        int e = errno;
+        if (e != EWOULDBLOCK && e != EINTR) {
+            close(fd);
+            errno = e;
+            return -1;
+        }
+        if (monotonic_ms() >= deadline) {
+            close(fd);
+            errno = EWOULDBLOCK;
+            return -1;
+        }
+        struct timespec pause = {0, LOCK_RETRY_MS * 1000000L};
+        nanosleep(&pause, NULL);
+    }
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t k = write(fd, p, n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) return -1;
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+/* Writes text to a new temp file tmp, with the given mode (and owner, when
+ * uid is not -1), durably.  Returns 0, or -1 with errno set and *what naming
+ * the step that failed; the caller removes tmp when *created is set. */
+static int write_temp(const char *tmp, const char *text, size_t len, mode_t mode, uid_t uid,
+                      gid_t gid, int *created, const char **what)
+{
+    *what = "creating";
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
+    if (fd < 0 && errno == EEXIST) {
+        /* We hold the lock, and the name carries our pid, so a file by this
+         * name is a leftover of a crashed earlier process: replace it.  (A
+         * directory or anything unlink refuses stays, and we fail.) */
+        if (unlink(tmp) == 0)
+            fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
+        else
+            errno = EEXIST;
+    }
+    if (fd < 0) return -1;
+    *created = 1;
+    int ok = 0;
+    if (write_all(fd, text, len) != 0) {
+        *what = "writing";
+    } else if (fchmod(fd, mode) != 0) {
+        *what = "setting the mode of";
+    } else {
+        /* Keeping the owner matters when root saves a user's file; it may
+         * fail for an ordinary user, which is then already the owner. */
+        if (uid != (uid_t)-1 && fchown(fd, uid, gid) != 0) {
+        }
+        if (fsync(fd) != 0)
+            *what = "syncing";
+        else
+            ok = 1;
+    }
+    int e = errno;
+    if (close(fd) != 0 && ok) {
+        e = errno;
+        *what = "closing";
+        ok = 0;
+    }
+    errno = e;
+    return ok ? 0 : -1;
+}
+
+/* dirname and basename of path, into malloc'd strings. */
+static int split_path(const char *path, char **dir, char **base)
+{
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL) {
+        *dir = strdup(".");
+        *base = strdup(path);
+    } else {
+        size_t dlen = slash == path ? 1 : (size_t)(slash - path);
+        *dir = strndup(path, dlen);
+        *base = strdup(slash + 1);
+    }
+    if (*dir == NULL || *base == NULL) {
+        free(*dir);
+        free(*base);
+        return -1;
+    }
+    return 0;
+}
+
+/* "<dir>/.<base><suffix>": the hidden siblings of a file (temp file, lock). */
+static char *hidden_sibling(const char *dir, const char *base, const char *suffix)
+{
+    const char *sep = strcmp(dir, "/") == 0 ? "" : "/";
+    size_t n = strlen(dir) + strlen(sep) + 1 + strlen(base) + strlen(suffix) + 1;
+    char *s = malloc(n);
+    if (s != NULL) snprintf(s, n, "%s%s.%s%s", dir, sep, base, suffix);
+    return s;
+}
+
+int cm_config_save(const cm_config_t *cfg, const char *path, const char *lock_path,
+                   cm_config_error_t *err)
+{
+    if (path == NULL) path = cfg->path;
+    char *target = NULL, *dir = NULL, *base = NULL, *tmp = NULL, *lock = NULL, *text = NULL;
+    int lock_fd = -1, created = 0, rc = -1;
+    size_t len;
+    struct stat st;
+
+    /* Write through a symlink rather than over it. */
+    if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode)) target = realpath(path, NULL);
+    if (target == NULL) target = strdup(path);
+    if (path[0] == '\0') {
+        set_error(err, "ENOENT", ENOENT, "cannot save: empty path");
+        goto out;
+    }
+    if (target == NULL || split_path(target, &dir, &base) != 0) {
+        set_error(err, "nomem", ENOMEM, "%s: cannot save: out of memory", path);
+        goto out;
+    }
+    if (base[0] == '\0') {
+        set_error(err, "EISDIR", EISDIR, "%s: cannot save: %s", path, strerror(EISDIR));
+        goto out;
+    }
+    char suffix[32];
+    snprintf(suffix, sizeof(suffix), ".tmp.%ld", (long)getpid());
+    tmp = hidden_sibling(dir, base, suffix);
+    lock = lock_path != NULL ? strdup(lock_path) : hidden_sibling(dir, base, ".lock");
+    text = cm_config_text(cfg, &len);
+    if (tmp == NULL || lock == NULL || text == NULL) {
+        set_error(err, "nomem", ENOMEM, "%s: cannot save: out of memory", path);
+        goto out;
+    }
+
+    lock_fd = take_lock(lock);
+    if (lock_fd < 0) {
+        int e = errno;
+        if (e == EWOULDBLOCK)
+            set_error(err, "busy", e, "%s: cannot save: the lock %s is held by another process",
+                      target, lock);
+        else
+            set_error(err, cm_errno_code(e), e, "%s: cannot save: %s (opening the lock %s)", target,
+                      strerror(e), lock);
+        goto out;
+    }
+
+    mode_t mode = 0644;
+    uid_t uid = (uid_t)-1;
+    gid_t gid = (gid_t)-1;
+    if (stat(target, &st) == 0) {
+        if (S_ISDIR(st.st_mode)) {
+            set_error(err, "EISDIR", EISDIR, "%s: cannot save: %s", target, strerror(EISDIR));
+            goto out;
+        }
+        mode = st.st_mode & 07777;
+        uid = st.st_uid;
+        gid = st.st_gid;
+    } else if (errno != ENOENT) {
+        int e = errno;
+        set_error(err, cm_errno_code(e), e, "%s: cannot save: %s", target, strerror(e));
+        goto out;
+    }
+
+    const char *what;
+    if (write_temp(tmp, text, len, mode, uid, gid, &created, &what) != 0) {
+        int e = errno;
+        set_error(err, cm_errno_code(e), e, "%s: cannot save: %s (%s %s)", target, strerror(e),
+                  what, tmp);
+        goto out;
+    }
+    if (rename(tmp, target) != 0) {
+        int e = errno;
+        set_error(err, cm_errno_code(e), e, "%s: cannot save: %s (renaming %s over it)", target,
+                  strerror(e), tmp);
+        goto out;
+    }
+    created = 0;
+    rc = 0;
+
+    /* The rename is durable once the directory is: best effort, since the
+     * new contents are in place whatever happens here. */
+    int dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir_fd >= 0) {
+        (void)fsync(dir_fd);
+        close(dir_fd);
+    }
+
+out:
+    if (created) unlink(tmp);
+    if (lock_fd >= 0) close(lock_fd);
+    free(text);
+    free(lock);
+    free(tmp);
+    free(base);
+    free(dir);
+    free(target);
+    return rc;
+}
