@@ -120,6 +120,37 @@ static void test_connect_ipv6(void **state)
     assert_int_equal(rc, 0);
 }
 
+/* A name other than "localhost" goes through uv_getaddrinfo.  Only a name
+ * that /etc/hosts maps to 127.0.0.1 is used (so no DNS query leaves the
+ * machine); without one, skip. */
+static void test_connect_resolves_name(void **state)
+{
+    (void)state;
+    char name[256] = "";
+    FILE *f = fopen("/etc/hosts", "r");
+    if (f != NULL) {
+        char line[512];
+        while (name[0] == '\0' && fgets(line, sizeof line, f) != NULL) {
+            char addr[64], first[256];
+            if (sscanf(line, "%63s %255s", addr, first) != 2 || strcmp(addr, "127.0.0.1") != 0)
+                continue;
+            if (strcmp(first, "localhost") != 0 && strspn(first, "abcdefghijklmnopqrstuvwxyz"
+                                                                 "0123456789.-") == strlen(first))
+                snprintf(name, sizeof name, "%s", first);
+        }
+        fclose(f);
+    }
+    if (name[0] == '\0') {
+        skip();
+        return;
+    }
+    int port = 0;
+    int fd = bound_loopback(16, &port);
+    int rc = lua_fmt("assert(cm.net.connect('%s', %d, 5000) == true)\n", name, port);
+    close(fd);
+    assert_int_equal(rc, 0);
+}
+
 /* Bound but not listening: the kernel answers a SYN with RST at once. */
 static void test_connect_refused(void **state)
 {
@@ -359,6 +390,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_connect_ok),
         cmocka_unit_test(test_connect_ipv6),
+        cmocka_unit_test(test_connect_resolves_name),
         cmocka_unit_test(test_connect_refused),
         cmocka_unit_test(test_connect_timeout),
         cmocka_unit_test(test_connect_concurrent),
