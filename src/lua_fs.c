@@ -62,6 +62,24 @@ static int l_read(lua_State *L)
     return 1;
 }
 
+/* Reads up to `max` bytes from `offset` on (following a growing log). */
+static int l_read_from(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    lua_Integer offset = luaL_checkinteger(L, 2);
+    lua_Integer max = luaL_optinteger(L, 3, 1024 * 1024);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return fail_errno(L, path, errno);
+    luaL_Buffer b;
+    char *p = luaL_buffinitsize(L, &b, (size_t)max);
+    ssize_t n = pread(fd, p, (size_t)max, (off_t)offset);
+    int err = errno;
+    close(fd);
+    if (n < 0) return fail_errno(L, path, err);
+    luaL_pushresultsize(&b, (size_t)n);
+    return 1;
+}
+
 static int write_all(int fd, const char *data, size_t len)
 {
     while (len > 0) {
@@ -533,7 +551,7 @@ int cm__open_fs(lua_State *L)
     }
     lua_pop(L, 1);
     static const luaL_Reg fns[] = {
-        {"read", l_read},       {"write_atomic", l_write_atomic}, {"append", l_append},
+        {"read", l_read},       {"read_from", l_read_from}, {"write_atomic", l_write_atomic}, {"append", l_append},
         {"stat", l_stat},       {"lstat", l_lstat},               {"list", l_list},
         {"mkdir", l_mkdir},     {"chmod", l_chmod},               {"remove", l_remove},
         {"exists", l_exists},   {"realpath", l_realpath},         {"access", l_access},

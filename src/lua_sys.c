@@ -93,6 +93,17 @@ static int l_write(lua_State *L)
     return 1;
 }
 
+/* Keeps an inherited descriptor (the readiness pipe) out of the app. */
+static int l_cloexec(lua_State *L)
+{
+    int fd = (int)luaL_checkinteger(L, 1);
+    int flags = fcntl(fd, F_GETFD);
+    if (flags < 0 || fcntl(fd, F_SETFD, flags | FD_CLOEXEC) < 0)
+        return cm_fail(L, "EBADF", "fd %d: %s", fd, strerror(errno));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 static int l_exit(lua_State *L)
 {
     int code = (int)luaL_optinteger(L, 1, 0);
@@ -205,6 +216,7 @@ int cm__open_sys(lua_State *L)
         {"getenv", l_getenv}, {"setenv", l_setenv}, {"environ", l_environ},
         {"isatty", l_isatty}, {"pid", l_pid},       {"cwd", l_cwd},
         {"exe", l_exe},       {"write", l_write},   {"exit", l_exit},
+        {"cloexec", l_cloexec},
         {"on_signal", l_on_signal}, {NULL, NULL}};
     luaL_newlib(L, fns);
     return 1;

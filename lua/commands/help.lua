@@ -23,7 +23,7 @@ local function run(ctx, _, out)
         local rows = {}
         for _, name in ipairs(ctx.order) do
             local cmd = ctx.commands[name]
-            if (cmd.group or "other") == g.id then
+            if (cmd.group or "other") == g.id and not cmd.hidden then
                 if cmd.subcommands then
                     for _, sub in ipairs(cmd.subcommands) do rows[#rows + 1] = sub end
                 else

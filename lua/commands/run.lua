@@ -1,0 +1,61 @@
+-- run [port]: the supervisor in the foreground, for systemd and containers.
+-- The app's output is shown on stdout too (by following the session log,
+-- so the app itself always writes to the file); TERM/INT stop it cleanly.
+
+local ui = require("ui")
+local settings_mod = require("settings")
+local instance_mod = require("instance")
+
+return {
+    name = "run",
+    usage = "run [port]",
+    summary = "run the supervisor in the foreground (systemd, containers)",
+    group = "app",
+    run = function(ctx, args)
+        if #args > 1 then
+            ui.error("usage: chat-manager run [port]")
+            return 2
+        end
+        local settings, err = settings_mod.load(ctx.root)
+        if not settings then
+            ui.error("%s", err)
+            return 1
+        end
+        local port, perr = settings:port(args[1])
+        if not port then
+            ui.error("%s", perr)
+            return 2
+        end
+        local inst = instance_mod.new(ctx.root)
+        if inst:supervisor_alive() then
+            ui.error("Chat-O-Llama is already running for %s", ctx.root)
+            return 1
+        end
+        if not cm.net.port_free(port) then
+            local owner = cm.net.port_owner(port)
+            ui.error("Port %d is already in use%s", port,
+                owner and (" by PID %d (%s)"):format(owner.pid, owner.name) or "")
+            return 1
+        end
+        cm.sys.setenv(instance_mod.MARKER, inst.id)
+        local stop_echo = cm.task.event()
+        local sup = cm.task.spawn(function()
+            return require("supervisor").run({ root = ctx.root, port = port, foreground = true })
+        end)
+        local echo = cm.task.spawn(function()
+            -- The supervisor opens the log first; follow it from its start.
+            local path
+            for _ = 1, 200 do
+                path = cm.log.path()
+                if path or stop_echo:is_set() then break end
+                cm.time.sleep(5)
+            end
+            if path then require("commands.logs").follow(inst, path, 0, stop_echo) end
+        end)
+        local ok, code = sup:join()
+        stop_echo:set()
+        echo:join()
+        if not ok then error(code, 0) end
+        return code
+    end,
+}

@@ -1,0 +1,395 @@
+-- What start, stop, restart and force-stop do, shared by their commands
+-- (and by `backend switch --restart`).  The commands that change state take
+-- run/cmd.lock first, so two of them at once are serialised: two `start`s
+-- give one app.
+
+local ui = require("ui")
+local settings_mod = require("settings")
+local instance_mod = require("instance")
+
+local M = {}
+
+local EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+local CMD_LOCK_WAIT_MS = 60000
+
+function M.load(ctx)
+    local settings, err = settings_mod.load(ctx.root)
+    if not settings then
+        ui.error("%s", err)
+        return nil
+    end
+    return settings, instance_mod.new(ctx.root)
+end
+
+-- Serialises state-changing commands for this root.
+function M.with_lock(inst, fn)
+    local ok, err = inst:ensure_dirs()
+    if not ok then
+        ui.error("%s", err)
+        return EXIT_FAIL
+    end
+    local lock, lerr = cm.fs.lock(inst.cmd_lock_file, { timeout = CMD_LOCK_WAIT_MS })
+    if not lock then
+        ui.error("another command is still working on %s (%s)", inst.root, lerr)
+        return EXIT_FAIL
+    end
+    local results = table.pack(pcall(fn))
+    lock:unlock()
+    if not results[1] then error(results[2], 0) end
+    return table.unpack(results, 2, results.n)
+end
+
+local function read_supervisor_pid(inst)
+    local text = cm.fs.read(inst.supervisor_pid_file, 64)
+    return text and math.tointeger(tonumber(text:match("%d+")))
+end
+
+-- The supervisor's PID when it is alive and provably ours.
+function M.supervisor_pid(inst)
+    if not inst:supervisor_alive() then return nil end
+    local pid = read_supervisor_pid(inst)
+    if pid and cm.proc.has_marker(pid, instance_mod.MARKER, inst.id) then return pid end
+    return nil
+end
+
+-- Is `name` runnable with this PATH?
+local function find_program(name, path)
+    if name:find("/") then return cm.fs.access(name, "x") and name or nil end
+    for dir in (path or ""):gmatch("[^:]+") do
+        local candidate = dir .. "/" .. name
+        local st = cm.fs.stat(candidate)
+        if st and st.type == "file" and cm.fs.access(candidate, "x") then return candidate end
+    end
+    return nil
+end
+
+-- Pre-flight checks of `start`: the app's program, its script and the venv.
+local function check_app(settings, inst, launch)
+    local cwd_st = cm.fs.stat(launch.cwd)
+    if not cwd_st or cwd_st.type ~= "dir" then
+        return nil, ("app directory not found: %s"):format(launch.cwd)
+    end
+    local prog = launch.argv[1]
+    local resolved = prog:find("/") and (prog:sub(1, 1) == "/" and prog or launch.cwd .. "/" .. prog)
+    if not find_program(resolved or prog, launch.env.PATH) then
+        return nil, ("%s not found%s"):format(prog,
+            launch.venv and (" (also looked in %s/bin)"):format(launch.venv) or " in PATH")
+    end
+    for i = 2, #launch.argv do
+        local a = launch.argv[i]
+        if a:match("%.py$") and not a:find("^%-") then
+            local path = a:sub(1, 1) == "/" and a or launch.cwd .. "/" .. a
+            if not cm.fs.exists(path) then
+                return nil, ("%s not found in %s"):format(a, launch.cwd)
+            end
+        end
+    end
+    return true
+end
+
+local function show_log_tail(path, n)
+    if not path then return end
+    local lines = instance_mod.tail(path, n)
+    if #lines == 0 then return end
+    ui.say("Last lines of %s:", path)
+    for _, l in ipairs(lines) do ui.say("  %s", l) end
+end
+
+-- Checks the backends (all at once) and lets the fallback policy switch
+-- before the app is launched.  Never fatal: the old script only warned.
+local function check_backends_at_start(settings, inst)
+    local ok, backends = pcall(require, "backends")
+    if not ok then return settings end
+    local results = backends.check_all(settings)
+    local active = settings:get("backend.active")
+    local fallback = require("policy.fallback")
+    local health = {}
+    for name, r in pairs(results) do health[name] = r.healthy end
+    local decision = fallback.evaluate(settings, {
+        active = active, auto_fallback = settings:get("backend.auto_fallback"),
+        health = health, order = backends.names(inst.root), failures = 0,
+        fallback_after = settings:get("manager.fallback_after"), why = "start",
+        now = cm.time.wall(), cooldown = settings:get("manager.fallback_cooldown"),
+    })
+    if decision.action == "switch" and decision.to ~= active then
+        local sok, serr = backends.switch(settings, decision.to)
+        if sok then
+            ui.info("Switched backend from '%s' to '%s': %s", active, decision.to, decision.reason or "")
+            settings = assert(settings_mod.load(inst.root))
+            active = decision.to
+        else
+            ui.warn("could not switch backend: %s", serr)
+        end
+    end
+    backends.print_section(settings, results)
+    if results[active] and results[active].healthy ~= true then
+        ui.warn("Backend '%s' is not healthy - some features may not work", active)
+    end
+    return settings
+end
+
+-- start [port]: exit 0 when the app answers, 1 when it could not start.
+function M.start(ctx, port_arg)
+    local settings, inst = M.load(ctx)
+    if not settings then return EXIT_FAIL end
+    local port, perr = settings:port(port_arg)
+    if not port then
+        ui.error("%s", perr)
+        return EXIT_USAGE
+    end
+    return M.with_lock(inst, function() return M.start_locked(ctx, settings, inst, port) end)
+end
+
+function M.start_locked(ctx, settings, inst, port)
+    if inst:supervisor_alive() then
+        local st = inst:read_state() or {}
+        ui.warn("Chat-O-Llama is already running (PID %s, port %s)", tostring(st.pid or "?"),
+            tostring(st.port or "?"))
+        return EXIT_FAIL
+    end
+    local app = inst:app()
+    if app and app.alive then
+        ui.warn("Chat-O-Llama is already running without its supervisor (PID %d); " ..
+            "use 'chat-manager restart' to put it back under supervision", app.pid)
+        return EXIT_FAIL
+    end
+    if app and cm.fs.exists(inst.pid_file) then
+        ui.warn("Removing stale PID file (PID %d is not running)", app.pid)
+        cm.fs.remove(inst.pid_file)
+    end
+    if not cm.net.port_free(port) then
+        local owner = cm.net.port_owner(port)
+        if owner then
+            ui.error("Port %d is already in use by PID %d (%s)", port, owner.pid, owner.name)
+        else
+            ui.error("Port %d is already in use", port)
+        end
+        return EXIT_FAIL
+    end
+    local supervisor = require("supervisor")
+    local launch = supervisor.app_launch(settings, inst, port)
+    local ok, err = check_app(settings, inst, launch)
+    if not ok then
+        ui.error("%s", err)
+        return EXIT_FAIL
+    end
+    if launch.venv then ui.info("Using virtual environment: %s", launch.venv) end
+    settings = check_backends_at_start(settings, inst)
+
+    ui.info("Starting Chat-O-Llama on port %d...", port)
+    local t0 = cm.time.now()
+    local rfd, wfd = cm.proc.pipe()
+    local out_fd = assert(cm.fs.open_append(inst.run_dir .. "/supervisor.log"))
+    local env = cm.sys.environ()
+    env.CHAT_MANAGER_READY_FD = "3"
+    env[instance_mod.MARKER] = inst.id
+    local exe = assert(cm.sys.exe())
+    local child, serr = cm.proc.spawn({
+        argv = { exe, "--root", inst.root, "_supervise", tostring(port) },
+        env = env, cwd = inst.root, detach = true, new_session = true,
+        stdout_fd = out_fd, stderr_fd = out_fd, extra_fds = { wfd },
+    })
+    cm.fs.close(wfd)
+    cm.fs.close(out_fd)
+    if not child then
+        cm.fs.close(rfd)
+        ui.error("cannot launch the supervisor: %s", serr)
+        return EXIT_FAIL
+    end
+    local limit = (settings:get("manager.start_timeout") + 10) * 1000
+    local line = ""
+    while not line:find("\n") do
+        local data = cm.proc.read_fd(rfd, limit)
+        if not data then break end
+        line = line .. data
+    end
+    cm.fs.close(rfd)
+    local total = math.floor(cm.time.now() - t0 + 0.5)
+    local state = inst:read_state() or {}
+    if line:match("^ready") then
+        local pid = line:match("pid=(%d+)")
+        local ms = line:match("ms=(%d+)")
+        ui.info("Chat-O-Llama started successfully (PID %s) in %s ms", pid, ms or total)
+        ui.say("  Port:     %d", port)
+        ui.say("  URL:      http://localhost:%d", port)
+        ui.say("  Log file: %s", line:match("log=(%S+)") or state.log or "?")
+        return EXIT_OK
+    end
+    local reason = line:match("^failed (.-)%s*$") or "the supervisor exited unexpectedly"
+    ui.error("Chat-O-Llama failed to start: %s", reason)
+    show_log_tail(state.log or inst:newest_log(), 10)
+    if line == "" then show_log_tail(inst.run_dir .. "/supervisor.log", 5) end
+    return EXIT_FAIL
+end
+
+-- Waits for `done` (a task) while printing a dot a second, like the old
+-- script's progress indicator.
+local function with_dots(fn)
+    local timer = cm.time.timer(1000, 1000, function() io.stdout:write("."):flush() end)
+    local results = table.pack(fn())
+    timer:stop()
+    return table.unpack(results, 1, results.n)
+end
+
+-- Stops an app whose supervisor is gone, from the pid file and /proc.
+local function stop_unsupervised(settings, inst, app)
+    local pgid = app.pgid or app.pid
+    ui.info("Stopping Chat-O-Llama (PID %d, no supervisor)...", app.pid)
+    cm.proc.kill_group(pgid, "TERM")
+    cm.proc.kill_group(pgid, "CONT")
+    local grace = settings:get("manager.stop_timeout") * 1000
+    local gone = with_dots(function() return cm.proc.wait_group(pgid, grace) end)
+    if not gone then
+        ui.warn("still running after %g s: sending SIGKILL", grace / 1000)
+        cm.proc.kill_group(pgid, "KILL")
+        gone = cm.proc.wait_group(pgid, 5000)
+    end
+    return gone
+end
+
+-- Marked processes left over (not in the app's group): TERM, then KILL.
+local function stop_orphans(inst)
+    local orphans = inst:marked_processes()
+    if #orphans == 0 then return 0 end
+    for _, p in ipairs(orphans) do
+        ui.warn("Stopping orphaned process %d (%s)", p.pid, p.name)
+        cm.proc.kill(p.pid, "TERM")
+    end
+    for _, p in ipairs(orphans) do
+        if not cm.proc.wait_exit(p.pid, 2000) then cm.proc.kill(p.pid, "KILL") end
+    end
+    return #orphans
+end
+
+function M.stop_locked(ctx, settings, inst)
+    local sup = M.supervisor_pid(inst)
+    local stopped_something = false
+    if sup then
+        local st = inst:read_state() or {}
+        ui.info("Stopping Chat-O-Llama (PID %s)...", tostring(st.pid or "-"))
+        cm.proc.kill(sup, "TERM")
+        local limit = (settings:get("manager.stop_timeout") + 10) * 1000
+        local gone = with_dots(function() return cm.proc.wait_exit(sup, limit) end)
+        if not gone then
+            ui.error("the supervisor (PID %d) did not stop within %g s", sup, limit / 1000)
+            return EXIT_FAIL
+        end
+        stopped_something = true
+    else
+        local app = inst:app()
+        if app and app.alive then
+            if not stop_unsupervised(settings, inst, app) then
+                ui.error("could not stop PID %d", app.pid)
+                return EXIT_FAIL
+            end
+            stopped_something = true
+        elseif app and cm.fs.exists(inst.pid_file) then
+            ui.warn("Removing stale PID file (PID %d is not running)", app.pid)
+        end
+        cm.fs.remove(inst.pid_file)
+        local st = inst:read_state()
+        if st and st.state ~= "stopped" and st.state ~= "failed" then
+            st.state, st.pid, st.since = "stopped", nil, cm.time.wall()
+            inst:write_state(st)
+        end
+    end
+    if stop_orphans(inst) > 0 then stopped_something = true end
+    if stopped_something then
+        io.stdout:write("\n")
+        ui.info("Chat-O-Llama stopped")
+    else
+        ui.info("Chat-O-Llama is not running")
+    end
+    return EXIT_OK
+end
+
+function M.stop(ctx)
+    local settings, inst = M.load(ctx)
+    if not settings then
+        -- A broken config must not prevent stopping: use the defaults.
+        settings = setmetatable({ root = ctx.root, path = "", missing = true }, settings_mod)
+        inst = instance_mod.new(ctx.root)
+    end
+    return M.with_lock(inst, function() return M.stop_locked(ctx, settings, inst) end)
+end
+
+function M.restart(ctx, port_arg)
+    local settings, inst = M.load(ctx)
+    if not settings then return EXIT_FAIL end
+    local port, perr
+    if port_arg then
+        port, perr = settings:port(port_arg)
+        if not port then
+            ui.error("%s", perr)
+            return EXIT_USAGE
+        end
+    else
+        local st = inst:read_state()
+        port = st and st.port or settings:port()
+    end
+    return M.with_lock(inst, function()
+        local code = M.stop_locked(ctx, settings, inst)
+        if code ~= EXIT_OK then return code end
+        settings = settings_mod.load(ctx.root)
+        if not settings then
+            ui.error("config became invalid; not starting")
+            return EXIT_FAIL
+        end
+        return M.start_locked(ctx, settings, inst, port)
+    end)
+end
+
+-- force-stop: KILL at once the supervisor, the app's group and every
+-- process carrying this instance's marker; name, but never touch, the
+-- others found on the common ports.
+function M.force_stop(ctx)
+    local settings = settings_mod.load(ctx.root)
+    local inst = instance_mod.new(ctx.root)
+    inst:ensure_dirs()
+    local killed = 0
+    local sup = M.supervisor_pid(inst)
+    if sup then
+        cm.proc.kill(sup, "KILL")
+        killed = killed + 1
+    end
+    local app = inst:app()
+    if app and app.alive then
+        cm.proc.kill_group(app.pgid or app.pid, "KILL")
+        killed = killed + 1
+    end
+    for _, p in ipairs(inst:marked_processes()) do
+        ui.warn("Killing PID %d (%s)", p.pid, p.name)
+        cm.proc.kill(p.pid, "KILL")
+        killed = killed + 1
+    end
+    if sup then cm.proc.wait_exit(sup, 5000) end
+    if app and app.alive then cm.proc.wait_group(app.pgid or app.pid, 5000) end
+    local ports = {}
+    for _, p in ipairs(instance_mod.COMMON_PORTS) do ports[#ports + 1] = p end
+    if settings then ports[#ports + 1] = settings:get("server.port") end
+    local seen = {}
+    for _, port in ipairs(ports) do
+        if not seen[port] then
+            seen[port] = true
+            local owner = cm.net.port_owner(port)
+            if owner and not cm.proc.has_marker(owner.pid, instance_mod.MARKER, inst.id) then
+                ui.warn("Port %d is used by PID %d (%s), which is not this instance's: left alone",
+                    port, owner.pid, owner.name)
+            end
+        end
+    end
+    cm.fs.remove(inst.pid_file)
+    local st = inst:read_state()
+    if st then
+        st.state, st.pid, st.since = "stopped", nil, cm.time.wall()
+        inst:write_state(st)
+    end
+    if killed > 0 then
+        ui.info("Force stop complete (%d killed)", killed)
+    else
+        ui.info("Nothing to stop")
+    end
+    return EXIT_OK
+end
+
+return M

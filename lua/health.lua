@@ -1,0 +1,53 @@
+-- The supervisor's periodic backend check (DESIGN §5 and §7): check every
+-- backend at once, count the active one's consecutive failures, and let the
+-- fallback policy decide; a switch is written to config.json and the app is
+-- restarted gracefully, with the reason in the session log.
+
+local M = {}
+
+function M.tick(sv)
+    local backends = require("backends")
+    local fallback = require("policy.fallback")
+    local settings = sv.settings
+    local ctx = sv.ctx
+    local results = backends.check_all(settings)
+    local active = settings:get("backend.active")
+    local health = {}
+    for name, r in pairs(results) do health[name] = r.healthy end
+    if health[active] == true then
+        ctx.backend_failures = 0
+    else
+        ctx.backend_failures = (ctx.backend_failures or 0) + 1
+        local r = results[active]
+        sv:log("backend '%s' unhealthy (%d in a row): %s", active, ctx.backend_failures,
+            r and r.detail or "unknown backend")
+    end
+    ctx.backend_health = health
+    local decision = fallback.evaluate(settings, {
+        active = active,
+        auto_fallback = settings:get("backend.auto_fallback"),
+        health = health,
+        order = backends.names(sv.inst.root),
+        failures = ctx.backend_failures,
+        fallback_after = settings:get("manager.fallback_after"),
+        why = "health",
+        now = cm.time.wall(),
+        last_switch = ctx.last_switch,
+        cooldown = settings:get("manager.fallback_cooldown"),
+    })
+    if decision.action ~= "switch" or decision.to == active then return decision end
+    local ok, err = backends.switch(settings, decision.to)
+    if not ok then
+        sv:log("fallback to '%s' failed: %s", decision.to, err)
+        return decision
+    end
+    ctx.last_switch = cm.time.wall()
+    ctx.backend_failures = 0
+    sv:log("backend switched from '%s' to '%s': %s", active, decision.to, decision.reason or "")
+    sv:reload_settings()
+    sv:save_state()
+    if decision.restart ~= false then sv:restart_app("backend switched to " .. decision.to) end
+    return decision
+end
+
+return M

@@ -1,0 +1,477 @@
+-- The supervisor: one process per root that runs the app, watches it and
+-- drives the lifecycle machine (lua/lifecycle.lua) from libuv events.
+--
+-- Events come from: the app leader's exit (plus its group emptying), the
+-- readiness probe, the start/stop/retry timers, and signals (TERM/INT stop,
+-- HUP restarts the app, USR1 checks the backends now).  Each machine action
+-- below is small and does not wait: anything that waits runs in its own task.
+--
+-- The supervisor holds an exclusive flock on run/lock for its whole life;
+-- that lock, not a PID file, is how commands know it is alive.
+
+local settings_mod = require("settings")
+local instance_mod = require("instance")
+local lifecycle = require("lifecycle")
+
+local M = {}
+
+local PROBE_INTERVAL_MS = 10
+
+-- Builds the app's command, working directory and environment (DESIGN §8).
+function M.app_launch(settings, inst, port)
+    local env = cm.sys.environ()
+    env.PORT = tostring(port)
+    env.CONFIG_FILE = settings.path
+    env[instance_mod.MARKER] = inst.id
+    for k, v in pairs(settings:get("manager.app.env")) do env[k] = v end
+    local venv = settings:get("manager.app.venv")
+    local venv_dir
+    if venv == "auto" then
+        for _, name in ipairs({ "venv", ".venv" }) do
+            local st = cm.fs.stat(inst.root .. "/" .. name .. "/bin")
+            if st and st.type == "dir" then
+                venv_dir = inst.root .. "/" .. name
+                break
+            end
+        end
+    elseif type(venv) == "string" then
+        venv_dir = settings:resolve(venv)
+    end
+    if venv_dir then
+        -- What `source venv/bin/activate` would do.
+        env.VIRTUAL_ENV = venv_dir
+        env.PATH = venv_dir .. "/bin:" .. (env.PATH or "/usr/bin:/bin")
+        env.PYTHONHOME = nil
+    end
+    local argv = {}
+    for i, a in ipairs(settings:get("manager.app.command")) do argv[i] = a end
+    return { argv = argv, cwd = settings:resolve(settings:get("manager.app.cwd")), env = env,
+             venv = venv_dir }
+end
+
+local Supervisor = {}
+Supervisor.__index = Supervisor
+
+function Supervisor:log(fmt, ...)
+    local msg = select("#", ...) > 0 and fmt:format(...) or fmt
+    local ok, err = cm.log.event(msg)
+    if not ok and err and not self.log_failed then
+        -- The disk may be full: the app keeps running, the state file says so.
+        self.log_failed = err
+    end
+    if self.foreground then io.stderr:write("[chat-manager] ", msg, "\n") end
+end
+
+-- Tells a waiting `start` how it went (once): "ready ..." or "failed ...".
+function Supervisor:report(line)
+    if not self.ready_fd then return end
+    cm.sys.write(self.ready_fd, line .. "\n")
+    cm.fs.close(self.ready_fd)
+    self.ready_fd = nil
+end
+
+function Supervisor:snapshot()
+    local ctx = self.ctx
+    return {
+        state = self.machine and self.machine:state() or "stopped",
+        since = self.since,
+        pid = ctx.pid,
+        pid_start = ctx.pid_start,
+        pgid = ctx.pid,
+        port = self.port,
+        url = ("http://localhost:%d"):format(self.port),
+        backend = self.settings:get("backend.active"),
+        restarts = ctx.restarts,
+        last_exit = ctx.last_exit,
+        retry_at = ctx.retry_at,
+        ready_ms = ctx.ready_ms,
+        log = cm.log.path(),
+        log_error = self.log_failed,
+        config_error = self.config_error,
+        supervisor_pid = cm.sys.pid(),
+        instance = self.inst.id,
+        root = self.inst.root,
+    }
+end
+
+function Supervisor:save_state()
+    local ok, err = self.inst:write_state(self:snapshot())
+    if not ok then self:log("cannot write state: %s", err) end
+end
+
+-- Re-reads config.json for a new start.  A broken or deleted config is
+-- logged and the last good one kept: a running app is never harmed by it.
+function Supervisor:reload_settings()
+    local s, err = settings_mod.load(self.inst.root)
+    if s then
+        self.settings = s
+        self.config_error = nil
+    else
+        self.config_error = err
+        self:log("config error, keeping the last good config: %s", err)
+    end
+end
+
+-- ---- the machine's actions --------------------------------------------
+
+local actions = {}
+
+function actions.spawn_app(sv)
+    local ctx = sv.ctx
+    sv:reload_settings()
+    ctx.attempt = (ctx.attempt or 0) + 1
+    local launch = M.app_launch(sv.settings, sv.inst, sv.port)
+    ctx.spawned_at = cm.time.now()
+    local attempt = ctx.attempt
+    local child, err = cm.proc.spawn({
+        argv = launch.argv,
+        cwd = launch.cwd,
+        env = launch.env,
+        new_session = true, -- its own session and process group
+        stdout_fd = cm.log.fd(),
+        stderr_fd = cm.log.fd(),
+        on_exit = function(code, signal) sv:on_leader_exit(attempt, code, signal) end,
+    })
+    if not child then
+        sv:log("cannot start %s: %s", table.concat(launch.argv, " "), err)
+        ctx.pid, ctx.pid_start = nil, nil
+        ctx.spawn_error = err
+        sv.machine:fire("exited", { code = 127, error = err })
+        return
+    end
+    local info = cm.proc.info(child.pid)
+    ctx.pid = child.pid
+    ctx.pid_start = info and info.start_time
+    ctx.leader_exit = nil
+    sv.inst:write_pid_file(ctx.pid, ctx.pid_start)
+    sv:log("started %s (pid %d, port %d)", table.concat(launch.argv, " "), child.pid, sv.port)
+end
+
+function actions.arm_start_timer(sv)
+    local ms = sv.settings:get("manager.start_timeout") * 1000
+    sv.start_timer = cm.time.timer(ms, 0, function()
+        sv.start_timer = nil
+        sv.machine:fire("start_timeout")
+    end)
+end
+
+function actions.cancel_start_timer(sv)
+    if sv.start_timer then sv.start_timer:stop() end
+    sv.start_timer = nil
+end
+
+-- Readiness: a TCP connect to the port, then (with manager.health_path) an
+-- HTTP 2xx.  The probe belongs to one attempt and ends when it is over.
+function actions.probe_ready(sv)
+    local attempt = sv.ctx.attempt
+    local port = sv.port
+    local path = sv.settings:get("manager.health_path")
+    local timeout = sv.settings:get("manager.health_timeout") * 1000
+    cm.task.spawn(function()
+        while sv.ctx.attempt == attempt and sv.machine:state() == "starting" do
+            local ok = cm.net.connect("127.0.0.1", port, 1000)
+            if ok and path then
+                local res = cm.http.get(("http://127.0.0.1:%d%s"):format(port, path),
+                    { timeout = timeout, connect_timeout = 1000, max_bytes = 65536 })
+                ok = res and res.status >= 200 and res.status < 300
+            end
+            if ok and sv.ctx.attempt == attempt and sv.machine:state() == "starting" then
+                sv.ctx.ready_ms = math.floor(cm.time.now() - sv.ctx.spawned_at + 0.5)
+                sv.machine:fire("ready")
+                return
+            end
+            cm.time.sleep(PROBE_INTERVAL_MS)
+        end
+    end)
+end
+
+function actions.report_ready(sv)
+    local ctx = sv.ctx
+    ctx.ever_ready = true
+    ctx.running_since = cm.time.now()
+    sv:report(("ready pid=%d port=%d ms=%d log=%s"):format(ctx.pid, sv.port, ctx.ready_ms or 0,
+        cm.log.path() or ""))
+    sv:start_health_loop()
+end
+
+function actions.report_failed(sv)
+    local why = sv.ctx.last_exit and sv.ctx.last_exit.text or "stopped before it was ready"
+    sv:report("failed " .. why)
+end
+
+local function describe_exit(payload)
+    if payload.error then return payload.error end
+    if payload.signal then return "killed by SIG" .. payload.signal end
+    return ("exit code %d"):format(payload.code or -1)
+end
+
+function actions.record_exit(sv, payload)
+    local ctx = sv.ctx
+    ctx.last_exit = { code = payload.code, signal = payload.signal, text = describe_exit(payload),
+                      at = cm.time.wall() }
+    ctx.pid, ctx.pid_start = nil, nil
+    cm.fs.remove(sv.inst.pid_file)
+end
+
+function actions.record_timeout(sv)
+    local t = sv.settings:get("manager.start_timeout")
+    sv.ctx.last_exit = { text = ("not ready within %g s (start_timeout)"):format(t),
+                         at = cm.time.wall() }
+end
+
+function actions.schedule_retry(sv)
+    local ctx = sv.ctx
+    local r = sv.settings:get("manager.restart")
+    local delay = math.min(r.backoff_initial * 2 ^ ctx.restarts, r.backoff_max)
+    ctx.restarts = ctx.restarts + 1
+    ctx.retry_at = cm.time.wall() + delay
+    sv:log("restart %d of %d in %g s", ctx.restarts, ctx.max_restarts, delay)
+    sv.retry_timer = cm.time.timer(delay * 1000, 0, function()
+        sv.retry_timer = nil
+        sv.machine:fire("retry")
+    end)
+end
+
+function actions.cancel_retry(sv)
+    if sv.retry_timer then sv.retry_timer:stop() end
+    sv.retry_timer = nil
+    sv.ctx.retry_at = nil
+end
+
+function actions.reset_restarts(sv)
+    sv.ctx.restarts = 0
+end
+
+function actions.give_up(sv)
+    sv.ctx.gave_up = true
+    if sv.ctx.ever_ready then
+        sv:log("giving up after %d restarts; state failed until you act", sv.ctx.restarts)
+    end
+    sv:finish_when_group_gone()
+end
+
+function actions.term_group(sv)
+    local pgid = sv.ctx.pid
+    if not pgid then return end
+    cm.proc.kill_group(pgid, "TERM")
+    -- A stopped (SIGSTOP) app cannot act on TERM until it continues.
+    cm.proc.kill_group(pgid, "CONT")
+end
+
+function actions.arm_stop_timer(sv)
+    local ms = sv.settings:get("manager.stop_timeout") * 1000
+    sv.stop_timer = cm.time.timer(ms, 0, function()
+        sv.stop_timer = nil
+        sv.machine:fire("stop_timeout")
+    end)
+end
+
+function actions.cancel_stop_timer(sv)
+    if sv.stop_timer then sv.stop_timer:stop() end
+    sv.stop_timer = nil
+end
+
+function actions.kill_group(sv)
+    local pgid = sv.ctx.pid or sv.ctx.last_pgid
+    if pgid then
+        sv:log("killing process group %d", pgid)
+        cm.proc.kill_group(pgid, "KILL")
+    end
+end
+
+function actions.finish_stop(sv)
+    sv.ctx.stopped_cleanly = true
+    sv:finish_when_group_gone()
+end
+
+-- ---- events from the loop ---------------------------------------------
+
+-- The leader exited.  The app is over only when its whole group is gone:
+-- leftovers of a crashed app are killed at once; during a stop they get the
+-- rest of the grace period (the stop timer KILLs them).
+function Supervisor:on_leader_exit(attempt, code, signal)
+    local ctx = self.ctx
+    if attempt ~= ctx.attempt then return end
+    local pgid = ctx.pid
+    ctx.last_pgid = pgid
+    local state = self.machine:state()
+    if pgid and state ~= "stopping" and cm.proc.group_alive(pgid) then
+        cm.proc.kill_group(pgid, "KILL")
+    end
+    if pgid then
+        local limit = (self.settings:get("manager.stop_timeout") + 5) * 1000
+        if not cm.proc.wait_group(pgid, limit) then
+            self:log("process group %d outlived its leader", pgid)
+        end
+    end
+    cm.proc.reap_orphans()
+    -- Stable running resets the consecutive restart count (reset_after).
+    if ctx.running_since and
+        cm.time.now() - ctx.running_since >= self.settings:get("manager.restart.reset_after") * 1000 then
+        ctx.restarts = 0
+    end
+    ctx.running_since = nil
+    if attempt == ctx.attempt then self.machine:fire("exited", { code = code, signal = signal }) end
+end
+
+function Supervisor:on_transition(from, event, to)
+    self.since = cm.time.wall()
+    local ctx = self.ctx
+    local detail = ""
+    if to == "running" then
+        detail = (" (pid %d, ready in %d ms)"):format(ctx.pid or 0, ctx.ready_ms or 0)
+    elseif to == "starting" then
+        detail = ctx.pid and (" (pid %d)"):format(ctx.pid) or ""
+    elseif (to == "failed" or to == "stopped") and ctx.last_exit then
+        detail = " (" .. ctx.last_exit.text .. ")"
+    end
+    self:log("%s -> %s on %s%s", from, to, event, detail)
+    if from ~= to and self.ctx.last_exit and to == "stopped" then
+        -- After a clean stop, make sure nothing else holds the port.
+        if not cm.net.port_free(self.port) then
+            local owner = cm.net.port_owner(self.port)
+            self:log("port %d is still in use%s", self.port,
+                owner and (" by PID %d (%s)"):format(owner.pid, owner.name) or "")
+        end
+    end
+    self:save_state()
+end
+
+-- Ends the supervisor once the app's group is gone (or restarts the app
+-- when a HUP asked for it).
+function Supervisor:finish_when_group_gone()
+    local sv = self
+    cm.task.spawn(function()
+        local pgid = sv.ctx.pid or sv.ctx.last_pgid
+        if pgid then cm.proc.wait_group(pgid, 5000) end
+        local state = sv.machine:state()
+        if sv.restart_requested and (state == "stopped" or state == "failed") then
+            sv.restart_requested = false
+            sv.ctx.gave_up, sv.ctx.stopped_cleanly = false, false
+            sv.machine:fire("start")
+            return
+        end
+        if state == "stopped" or (state == "failed" and sv.ctx.gave_up) then
+            sv.done:set(state == "stopped" and 0 or 1)
+        end
+    end)
+end
+
+-- Periodic backend checks while running (policy in lua/policy/fallback.lua).
+function Supervisor:start_health_loop()
+    if self.health_timer then return end
+    local ok, backends = pcall(require, "backends")
+    if not ok then return end
+    local interval = self.settings:get("backend.health_check_interval") * 1000
+    self.health_timer = cm.time.timer(interval, interval, function() self:check_backends() end)
+end
+
+function Supervisor:check_backends()
+    if self.checking or self.machine:state() ~= "running" then return end
+    self.checking = true
+    local ok, err = pcall(function()
+        local supervise_health = require("health")
+        supervise_health.tick(self)
+    end)
+    self.checking = false
+    if not ok then self:log("health check failed: %s", err) end
+end
+
+-- Restarts the app gracefully (HUP, or a backend switch).
+function Supervisor:restart_app(reason)
+    local state = self.machine:state()
+    self:log("restart requested: %s", reason)
+    if state == "running" or state == "starting" then
+        self.restart_requested = true
+        self.machine:fire("stop")
+    elseif state == "failed" then
+        self.machine:fire("start")
+    end
+end
+
+-- ---- entry point ---------------------------------------------------------
+
+-- opts: root, port, foreground (bool), ready_fd (number or nil).
+-- Returns the process exit code: 0 stopped cleanly, 1 failed.
+function M.run(opts)
+    local inst = instance_mod.new(opts.root)
+    local settings, err = settings_mod.load(opts.root)
+    local function early_fail(msg)
+        if opts.ready_fd then
+            cm.sys.write(opts.ready_fd, "failed " .. msg .. "\n")
+            cm.fs.close(opts.ready_fd)
+        end
+        io.stderr:write("[ERROR] ", msg, "\n")
+        return 1
+    end
+    if not settings then return early_fail(err) end
+    local ok, derr = inst:ensure_dirs()
+    if not ok then return early_fail(derr) end
+    local lock, lerr, lcode = cm.fs.lock(inst.lock_file)
+    if not lock then
+        return early_fail(lcode == "busy" and "a supervisor is already running for " .. inst.root
+            or lerr)
+    end
+
+    local stamp = cm.time.strftime("%Y%m%d_%H%M%S")
+    local log_path = ("%s/chat-o-llama_%s.log"):format(inst.logs_dir, stamp)
+    ok, err = cm.log.open(log_path)
+    if not ok then
+        lock:unlock()
+        return early_fail(err)
+    end
+    inst:prune_logs(settings:get("manager.log_keep"))
+    cm.fs.write_atomic(inst.supervisor_pid_file, ("%d\n"):format(cm.sys.pid()))
+    cm.proc.set_subreaper()
+
+    local restart = settings:get("manager.restart")
+    local sv = setmetatable({
+        inst = inst,
+        settings = settings,
+        port = opts.port,
+        foreground = opts.foreground,
+        ready_fd = opts.ready_fd,
+        done = cm.task.event(),
+        ctx = { policy = restart.policy, restarts = 0, max_restarts = restart.max_restarts,
+                ever_ready = false },
+    }, Supervisor)
+    M.current = sv
+    cm.set_error_handler(function(msg) sv:log("error: %s", msg) end)
+
+    local bound = {}
+    for name, fn in pairs(actions) do
+        bound[name] = function(_, payload) return fn(sv, payload or {}) end
+    end
+    local machine, merr = cm.machine.new(lifecycle, bound, {
+        context = sv.ctx,
+        on_transition = function(from, event, to) sv:on_transition(from, event, to) end,
+    })
+    if not machine then
+        lock:unlock()
+        return early_fail("invalid lifecycle table: " .. merr)
+    end
+    sv.machine = machine
+    sv:log("supervisor %d started for %s (log %s)", cm.sys.pid(), inst.root, log_path)
+
+    local handlers = {
+        cm.sys.on_signal("TERM", function() sv.restart_requested = false; machine:fire("stop") end),
+        cm.sys.on_signal("INT", function() sv.restart_requested = false; machine:fire("stop") end),
+        cm.sys.on_signal("HUP", function() sv:restart_app("SIGHUP") end),
+        cm.sys.on_signal("USR1", function() sv:check_backends() end),
+        cm.sys.on_signal("CHLD", function() cm.proc.reap_orphans() end),
+    }
+    if opts.initial_event ~= false then machine:fire("start") end
+
+    local code = sv.done:wait()
+    for _, h in ipairs(handlers) do h:close() end
+    if sv.health_timer then sv.health_timer:stop() end
+    sv:report("failed " .. (sv.ctx.last_exit and sv.ctx.last_exit.text or "supervisor stopped"))
+    sv:save_state()
+    sv:log("supervisor %d exiting (%s)", cm.sys.pid(), machine:state())
+    cm.fs.remove(inst.supervisor_pid_file)
+    cm.fs.remove(inst.pid_file)
+    lock:unlock()
+    return code
+end
+
+return M
