@@ -8,13 +8,9 @@
 
 /* TEMPORARY while the groups land one by one: a group whose file is not in
  * the build yet is skipped.  Removed once every group exists. */
-#pragma weak cm__open_proc
-#pragma weak cm__open_net
-#pragma weak cm__open_http
 #pragma weak cm__open_json
 #pragma weak cm__open_config
 #pragma weak cm__open_gguf
-#pragma weak cm__open_machine
 
 typedef struct group {
     const char *name;
