@@ -835,7 +835,7 @@ static int cmp_pid(const void *a, const void *b)
 /* Pushes the pids as a sorted list and frees them. */
 static void push_pid_list(lua_State *L, pid_list_t *l)
 {
-    qsort(l->pids, l->n, sizeof *l->pids, cmp_pid);
+    if (l->n > 1) qsort(l->pids, l->n, sizeof *l->pids, cmp_pid);
     lua_createtable(L, (int)l->n, 0); /* [list] */
     for (size_t i = 0; i < l->n; i++) {
         lua_pushinteger(L, l->pids[i]); /* [list, pid] */
