@@ -185,7 +185,7 @@ static void cmd_build(lua_State *L, int opts, cmd_t *cmd)
     size_t nenv = 0;
     if (!lua_isnil(L, env_idx)) {
         if (!lua_istable(L, env_idx)) luaL_error(L, "option 'env' must be a table of strings");
-        lua_pushnil(L); /* [argv, env, nil] */
+        lua_pushnil(L);                     /* [argv, env, nil] */
         while (lua_next(L, env_idx) != 0) { /* [argv, env, key, value] */
             int vt = lua_type(L, -1);
             if (lua_type(L, -2) != LUA_TSTRING || strchr(lua_tostring(L, -2), '=') != NULL)
@@ -222,7 +222,7 @@ static void cmd_build(lua_State *L, int opts, cmd_t *cmd)
     if (!lua_isnil(L, env_idx)) {
         cmd->env = arena_take(&a, (nenv + 1) * sizeof(char *));
         size_t k = 0;
-        lua_pushnil(L); /* [argv, env, arena, nil] */
+        lua_pushnil(L);                     /* [argv, env, arena, nil] */
         while (lua_next(L, env_idx) != 0) { /* [argv, env, arena, key, value] */
             size_t klen, vlen;
             const char *key = lua_tolstring(L, -2, &klen);
@@ -392,7 +392,8 @@ static void outbuf_append(run_job_t *r, outbuf_t *b, const char *data, size_t n)
     if (n == 0) return;
     if (b->len + n > b->cap) {
         size_t cap = b->cap != 0 ? b->cap : 4096;
-        while (cap < b->len + n) cap *= 2;
+        while (cap < b->len + n)
+            cap *= 2;
         if (cap > r->max_output) cap = r->max_output;
         char *grown = realloc(b->data, cap);
         if (grown == NULL) {
@@ -600,7 +601,8 @@ static int l_spawn(lua_State *L)
             lua_rawgeti(L, -1, (lua_Integer)i); /* [.., extra, fd] */
             int isnum;
             lua_Integer fd = lua_tointegerx(L, -1, &isnum);
-            if (!isnum || fd < 0 || fd > INT_MAX) return luaL_error(L, "extra_fds[%d] must be an fd", (int)i);
+            if (!isnum || fd < 0 || fd > INT_MAX)
+                return luaL_error(L, "extra_fds[%d] must be an fd", (int)i);
             /* libuv dup2()s it onto 3, 4, ... in the child, and dup2 clears
              * close-on-exec on the copy: a pipe2(O_CLOEXEC) end survives. */
             stdio[nstdio].flags = UV_INHERIT_FD;
@@ -653,7 +655,7 @@ static int l_spawn(lua_State *L)
     /* detach: the loop must not wait for it, and it outlives us. */
     if (detach) uv_unref((uv_handle_t *)&c->proc);
     if (has_callback) {
-        lua_pushvalue(L, -2); /* [.., on_exit, box, on_exit] */
+        lua_pushvalue(L, -2);                            /* [.., on_exit, box, on_exit] */
         c->on_exit_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* [.., on_exit, box] */
     }
     c->box = box;
@@ -666,8 +668,7 @@ static int l_child_kill(lua_State *L)
 {
     child_box_t *box = luaL_checkudata(L, 1, CHILD_MT);
     int sig = check_signal(L, 2);
-    if (box->proc == NULL)
-        return cm_fail(L, "ESRCH", "process %d has exited", (int)box->pid);
+    if (box->proc == NULL) return cm_fail(L, "ESRCH", "process %d has exited", (int)box->pid);
     int rc = uv_process_kill(&box->proc->proc, sig);
     if (rc != 0) return cm_fail(L, uv_err_name(rc), "kill %d: %s", (int)box->pid, uv_strerror(rc));
     lua_pushboolean(L, 1);
@@ -928,14 +929,16 @@ static int l_reap_orphans(lua_State *L)
 {
     int nargs = lua_gettop(L);
     size_t nkeep = 0;
-    for (int i = 1; i <= nargs; i++) nkeep += collect_keep(L, i, NULL);
+    for (int i = 1; i <= nargs; i++)
+        nkeep += collect_keep(L, i, NULL);
     uv_pids_t managed = {NULL, 0};
     uv_walk(cm_loop(L), uv_pids_walk, &managed);
 
     /* Lua owns the keep array, so the raising calls below leak nothing. */
     pid_t *keep = lua_newuserdatauv(L, (nkeep + managed.n + 1) * sizeof *keep, 0); /* [.., keep] */
     size_t at = 0;
-    for (int i = 1; i <= nargs; i++) at += collect_keep(L, i, keep + at);
+    for (int i = 1; i <= nargs; i++)
+        at += collect_keep(L, i, keep + at);
     managed.pids = keep + at;
     managed.n = 0;
     uv_walk(cm_loop(L), uv_pids_walk, &managed);
@@ -1241,8 +1244,8 @@ static int l_read_fd(lua_State *L)
 int cm__open_proc(lua_State *L)
 {
     static const luaL_Reg child_methods[] = {{"kill", l_child_kill}, {NULL, NULL}};
-    if (luaL_newmetatable(L, CHILD_MT)) { /* [mt] */
-        luaL_newlib(L, child_methods);   /* [mt, methods] */
+    if (luaL_newmetatable(L, CHILD_MT)) {      /* [mt] */
+        luaL_newlib(L, child_methods);         /* [mt, methods] */
         lua_pushcclosure(L, l_child_index, 1); /* [mt, index] */
         lua_setfield(L, -2, "__index");
         lua_pushcfunction(L, l_child_gc);

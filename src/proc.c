@@ -44,17 +44,30 @@ int cm_proc_parse_stat(const char *line, cm_proc_stat_t *st)
     /* Fields after the comm, numbered as in proc(5): state is field 3. */
     const char *p = close + 1;
     for (int field = 3; field <= 22; field++) {
-        while (*p == ' ') p++;
+        while (*p == ' ')
+            p++;
         if (*p == '\0' || *p == '\n') return -1;
         switch (field) {
-        case 3: st->state = *p; break;
-        case 4: st->ppid = (pid_t)strtol(p, NULL, 10); break;
-        case 5: st->pgid = (pid_t)strtol(p, NULL, 10); break;
-        case 6: st->sid = (pid_t)strtol(p, NULL, 10); break;
-        case 22: st->start_time = strtoull(p, NULL, 10); break;
-        default: break;
+        case 3:
+            st->state = *p;
+            break;
+        case 4:
+            st->ppid = (pid_t)strtol(p, NULL, 10);
+            break;
+        case 5:
+            st->pgid = (pid_t)strtol(p, NULL, 10);
+            break;
+        case 6:
+            st->sid = (pid_t)strtol(p, NULL, 10);
+            break;
+        case 22:
+            st->start_time = strtoull(p, NULL, 10);
+            break;
+        default:
+            break;
         }
-        while (*p != ' ' && *p != '\0' && *p != '\n') p++;
+        while (*p != ' ' && *p != '\0' && *p != '\n')
+            p++;
     }
     return 0;
 }
@@ -193,8 +206,8 @@ int cm_proc_has_marker(pid_t pid, const char *name, const char *value)
     for (size_t at = 0; at < len && !found;) {
         const char *entry = env + at;
         size_t elen = strnlen(entry, len - at);
-        found = elen == nlen + 1 + vlen && memcmp(entry, name, nlen) == 0 &&
-                entry[nlen] == '=' && memcmp(entry + nlen + 1, value, vlen) == 0;
+        found = elen == nlen + 1 + vlen && memcmp(entry, name, nlen) == 0 && entry[nlen] == '=' &&
+                memcmp(entry + nlen + 1, value, vlen) == 0;
         at += elen + 1;
     }
     free(env);
@@ -225,7 +238,7 @@ int cm_proc_signal_number(const char *name)
         const char *name;
         int sig;
     } names[] = {
-        {"TERM", SIGTERM}, {"KILL", SIGKILL}, {"HUP", SIGHUP}, {"USR1", SIGUSR1},
+        {"TERM", SIGTERM}, {"KILL", SIGKILL}, {"HUP", SIGHUP},   {"USR1", SIGUSR1},
         {"USR2", SIGUSR2}, {"INT", SIGINT},   {"STOP", SIGSTOP}, {"CONT", SIGCONT},
         {"QUIT", SIGQUIT}, {"ALRM", SIGALRM}, {"0", 0},
     };

@@ -34,15 +34,15 @@ static const char PRELUDE[] =
     "  return g\n"
     "end\n"
     "function track_pid(p)\n"
-    "  started[#started + 1] = function() if cm.proc.alive(p) then cm.proc.kill(p, 'KILL') end end\n"
+    "  started[#started + 1] = function() if cm.proc.alive(p) then cm.proc.kill(p, 'KILL') end "
+    "end\n"
     "  return p\n"
     "end\n"
     "local ok, err = xpcall(function()\n";
 
-static const char EPILOGUE[] =
-    "\nend, debug.traceback)\n"
-    "for i = #started, 1, -1 do started[i]() end\n"
-    "if not ok then error(err, 0) end\n";
+static const char EPILOGUE[] = "\nend, debug.traceback)\n"
+                               "for i = #started, 1, -1 do started[i]() end\n"
+                               "if not ok then error(err, 0) end\n";
 
 /* Runs a Lua test body (printf-formatted) inside the cleanup prelude;
  * returns cmt_lua's exit code. */
@@ -68,29 +68,31 @@ static int proc_lua(const char *fmt, ...)
 static void run_echo_collects_stdout(void **state)
 {
     (void)state;
-    assert_int_equal(proc_lua("local r = assert(cm.proc.run{argv={'/bin/echo', 'hi'}})\n"
-                              "assert(r.code == 0 and r.signal == 0, r.code)\n"
-                              "assert(r.stdout == 'hi\\n' and r.stderr == '', r.stdout)\n"
-                              "assert(r.timed_out == false and r.truncated == false)\n"
-                              "assert(type(r.ms) == 'number' and r.ms >= 0)\n"
-                              "r = assert(cm.proc.run{argv={'sh', '-c', 'echo out; echo err >&2'}})\n"
-                              "assert(r.stdout == 'out\\n' and r.stderr == 'err\\n')\n"),
-                     0);
+    assert_int_equal(
+        proc_lua("local r = assert(cm.proc.run{argv={'/bin/echo', 'hi'}})\n"
+                 "assert(r.code == 0 and r.signal == 0, r.code)\n"
+                 "assert(r.stdout == 'hi\\n' and r.stderr == '', r.stdout)\n"
+                 "assert(r.timed_out == false and r.truncated == false)\n"
+                 "assert(type(r.ms) == 'number' and r.ms >= 0)\n"
+                 "r = assert(cm.proc.run{argv={'sh', '-c', 'echo out; echo err >&2'}})\n"
+                 "assert(r.stdout == 'out\\n' and r.stderr == 'err\\n')\n"),
+        0);
 }
 
 static void run_missing_program_is_enoent(void **state)
 {
     (void)state;
-    assert_int_equal(proc_lua("local r, msg, code = cm.proc.run{argv={'cm-no-such-program-42'}}\n"
-                              "assert(r == nil and code == 'ENOENT', tostring(code))\n"
-                              "assert(msg == 'cm-no-such-program-42: command not found', msg)\n"
-                              "r, msg, code = cm.proc.run{argv={'/nonexistent/prog'}}\n"
-                              "assert(r == nil and code == 'ENOENT', tostring(code))\n"
-                              "r, msg, code = cm.proc.run{argv={'true'}, cwd='/nonexistent/dir'}\n"
-                              "assert(r == nil and code == 'ENOENT' and msg:find('no such directory'), msg)\n"
-                              "assert(not pcall(cm.proc.run, {argv={}}))\n"
-                              "assert(not pcall(cm.proc.run, {argv={'true'}, env={A={}}}))\n"),
-                     0);
+    assert_int_equal(
+        proc_lua("local r, msg, code = cm.proc.run{argv={'cm-no-such-program-42'}}\n"
+                 "assert(r == nil and code == 'ENOENT', tostring(code))\n"
+                 "assert(msg == 'cm-no-such-program-42: command not found', msg)\n"
+                 "r, msg, code = cm.proc.run{argv={'/nonexistent/prog'}}\n"
+                 "assert(r == nil and code == 'ENOENT', tostring(code))\n"
+                 "r, msg, code = cm.proc.run{argv={'true'}, cwd='/nonexistent/dir'}\n"
+                 "assert(r == nil and code == 'ENOENT' and msg:find('no such directory'), msg)\n"
+                 "assert(not pcall(cm.proc.run, {argv={}}))\n"
+                 "assert(not pcall(cm.proc.run, {argv={'true'}, env={A={}}}))\n"),
+        0);
 }
 
 static void run_reports_exit_code_and_signal(void **state)
@@ -108,41 +110,45 @@ static void run_timeout_kills(void **state)
 {
     (void)state;
     double t0 = cmt_now_ms();
-    assert_int_equal(proc_lua("local t0 = cm.time.now()\n"
-                              "local r = assert(cm.proc.run{argv={'sleep', '5'}, timeout=200})\n"
-                              "local ms = cm.time.now() - t0\n"
-                              "assert(r.timed_out == true, 'not timed out')\n"
-                              "assert(r.signal == 9, r.signal)\n"
-                              "assert(ms >= 190 and ms < 1000, ms)\n"
-                              /* The whole group goes: a grandchild holding the pipe too. */
-                              "t0 = cm.time.now()\n"
-                              "r = assert(cm.proc.run{argv={'sh', '-c', 'sleep 5; echo never'}, timeout=200})\n"
-                              "assert(r.timed_out and cm.time.now() - t0 < 1000)\n"
-                              "assert(r.stdout == '')\n"),
-                     0);
+    assert_int_equal(
+        proc_lua("local t0 = cm.time.now()\n"
+                 "local r = assert(cm.proc.run{argv={'sleep', '5'}, timeout=200})\n"
+                 "local ms = cm.time.now() - t0\n"
+                 "assert(r.timed_out == true, 'not timed out')\n"
+                 "assert(r.signal == 9, r.signal)\n"
+                 "assert(ms >= 190 and ms < 1000, ms)\n"
+                 /* The whole group goes: a grandchild holding the pipe too. */
+                 "t0 = cm.time.now()\n"
+                 "r = assert(cm.proc.run{argv={'sh', '-c', 'sleep 5; echo never'}, timeout=200})\n"
+                 "assert(r.timed_out and cm.time.now() - t0 < 1000)\n"
+                 "assert(r.stdout == '')\n"),
+        0);
     assert_true(cmt_now_ms() - t0 < 3000);
 }
 
 static void run_caps_big_output(void **state)
 {
     (void)state;
-    assert_int_equal(proc_lua("local r = assert(cm.proc.run{argv={'head', '-c', '3000000', '/dev/zero'},\n"
-                              "                             max_output=100000, timeout=10000})\n"
-                              "assert(r.code == 0 and not r.timed_out, r.code)\n"
-                              "assert(#r.stdout == 100000, #r.stdout)\n"
-                              "assert(r.truncated == true)\n"
-                              "r = assert(cm.proc.run{argv={'head', '-c', '3000000', '/dev/zero'}, timeout=10000})\n"
-                              "assert(r.code == 0 and #r.stdout == 1024 * 1024, #r.stdout)\n"
-                              "r = assert(cm.proc.run{argv={'head', '-c', '5000', '/dev/zero'}, max_output=0})\n"
-                              "assert(r.code == 0 and r.stdout == '' and r.truncated)\n"),
-                     0);
+    assert_int_equal(
+        proc_lua(
+            "local r = assert(cm.proc.run{argv={'head', '-c', '3000000', '/dev/zero'},\n"
+            "                             max_output=100000, timeout=10000})\n"
+            "assert(r.code == 0 and not r.timed_out, r.code)\n"
+            "assert(#r.stdout == 100000, #r.stdout)\n"
+            "assert(r.truncated == true)\n"
+            "r = assert(cm.proc.run{argv={'head', '-c', '3000000', '/dev/zero'}, timeout=10000})\n"
+            "assert(r.code == 0 and #r.stdout == 1024 * 1024, #r.stdout)\n"
+            "r = assert(cm.proc.run{argv={'head', '-c', '5000', '/dev/zero'}, max_output=0})\n"
+            "assert(r.code == 0 and r.stdout == '' and r.truncated)\n"),
+        0);
 }
 
 static void runs_overlap(void **state)
 {
     (void)state;
     assert_int_equal(proc_lua("local t0 = cm.time.now()\n"
-                              "local function nap() return assert(cm.proc.run{argv={'sleep', '0.3'}, timeout=5000}) end\n"
+                              "local function nap() return assert(cm.proc.run{argv={'sleep', "
+                              "'0.3'}, timeout=5000}) end\n"
                               "local a, b = cm.task.spawn(nap), cm.task.spawn(nap)\n"
                               "local ok1, ra = a:join()\n"
                               "local ok2, rb = b:join()\n"
@@ -161,18 +167,20 @@ static void run_env_replaces_environment(void **state)
     cmt_write_file(tool, "#!/bin/sh\necho \"tool:$FOO\"\n");
     assert_int_equal(chmod(tool, 0755), 0);
     assert_int_equal(
-        proc_lua("local r = assert(cm.proc.run{argv={'sh', '-c', 'echo \"$FOO:${HOME:-unset}\"'},\n"
-                 "                             env={FOO='bar'}})\n"
-                 "assert(r.stdout == 'bar:unset\\n', r.stdout)\n"
-                 /* Found only through the PATH given in env. */
-                 "assert(select(3, cm.proc.run{argv={'cm-test-tool'}}) == 'ENOENT')\n"
-                 "r = assert(cm.proc.run{argv={'cm-test-tool'}, env={PATH='%s:/usr/bin:/bin', FOO=42}})\n"
-                 "assert(r.code == 0 and r.stdout == 'tool:42\\n', r.stdout)\n"
-                 "local _, _, code = cm.proc.run{argv={'sh', '-c', 'true'}, env={PATH='/nonexistent'}}\n"
-                 "assert(code == 'ENOENT', code)\n"
-                 "r = assert(cm.proc.run{argv={'pwd'}, cwd='%s'})\n"
-                 "assert(r.stdout == '%s\\n', r.stdout)\n",
-                 dir, dir, dir),
+        proc_lua(
+            "local r = assert(cm.proc.run{argv={'sh', '-c', 'echo \"$FOO:${HOME:-unset}\"'},\n"
+            "                             env={FOO='bar'}})\n"
+            "assert(r.stdout == 'bar:unset\\n', r.stdout)\n"
+            /* Found only through the PATH given in env. */
+            "assert(select(3, cm.proc.run{argv={'cm-test-tool'}}) == 'ENOENT')\n"
+            "r = assert(cm.proc.run{argv={'cm-test-tool'}, env={PATH='%s:/usr/bin:/bin', "
+            "FOO=42}})\n"
+            "assert(r.code == 0 and r.stdout == 'tool:42\\n', r.stdout)\n"
+            "local _, _, code = cm.proc.run{argv={'sh', '-c', 'true'}, env={PATH='/nonexistent'}}\n"
+            "assert(code == 'ENOENT', code)\n"
+            "r = assert(cm.proc.run{argv={'pwd'}, cwd='%s'})\n"
+            "assert(r.stdout == '%s\\n', r.stdout)\n",
+            dir, dir, dir),
         0);
     free(tool);
     cmt_rmtree(dir);
@@ -220,14 +228,15 @@ static void spawn_writes_to_given_fds(void **state)
     cmt_write_file(log, "first\n");
     int fd = open(log, O_WRONLY | O_APPEND | O_CLOEXEC);
     assert_true(fd >= 0);
-    assert_int_equal(proc_lua("local ev = cm.task.event()\n"
-                              "track_child(assert(cm.proc.spawn{argv={'sh', '-c', 'echo out; echo err >&2'},\n"
-                              "  stdout_fd=%d, stderr_fd=%d, on_exit=function(code) ev:set(code) end}))\n"
-                              "assert(ev:wait(3000) == 0)\n"
-                              "local _, _, code = cm.proc.spawn{argv={'true'}, stdout_fd=987}\n"
-                              "assert(code == 'EBADF', code)\n",
-                              fd, fd),
-                     0);
+    assert_int_equal(
+        proc_lua("local ev = cm.task.event()\n"
+                 "track_child(assert(cm.proc.spawn{argv={'sh', '-c', 'echo out; echo err >&2'},\n"
+                 "  stdout_fd=%d, stderr_fd=%d, on_exit=function(code) ev:set(code) end}))\n"
+                 "assert(ev:wait(3000) == 0)\n"
+                 "local _, _, code = cm.proc.spawn{argv={'true'}, stdout_fd=987}\n"
+                 "assert(code == 'EBADF', code)\n",
+                 fd, fd),
+        0);
     close(fd);
     char *text = cmt_read_file(log, NULL);
     assert_string_equal(text, "first\nout\nerr\n");
@@ -242,28 +251,30 @@ static void spawn_writes_to_given_fds(void **state)
 static void spawn_extra_fds_and_read_fd(void **state)
 {
     (void)state;
-    assert_int_equal(proc_lua("local r, w = cm.proc.pipe()\n"
-                              "assert(math.type(r) == 'integer' and math.type(w) == 'integer')\n"
-                              "track_child(assert(cm.proc.spawn{argv={'sh', '-c', 'sleep 0.1; echo ready >&3'},\n"
-                              "  extra_fds={w}, new_session=true}))\n"
-                              "assert(cm.proc.close_fd(w))\n"
-                              "local t0 = cm.time.now()\n"
-                              "local data, msg = cm.proc.read_fd(r, 3000)\n"
-                              "assert(data == 'ready\\n', tostring(data) .. ' ' .. tostring(msg))\n"
-                              "local eof, m2 = cm.proc.read_fd(r, 3000)\n"
-                              "assert(eof == nil and m2 == nil, m2)\n"
-                              "assert(cm.time.now() - t0 < 2000)\n"
-                              "assert(cm.proc.close_fd(r))\n"
-                              /* Nobody writes: a bounded wait. */
-                              "local r2, w2 = cm.proc.pipe()\n"
-                              "t0 = cm.time.now()\n"
-                              "local d, why, code = cm.proc.read_fd(r2, 100)\n"
-                              "assert(d == nil and why == 'timeout' and code == 'timeout', why)\n"
-                              "assert(cm.time.now() - t0 < 1000)\n"
-                              "cm.proc.close_fd(r2) cm.proc.close_fd(w2)\n"
-                              "local _, _, bad = cm.proc.read_fd(r2, 100)\n"
-                              "assert(bad == 'EBADF', bad)\n"),
-                     0);
+    assert_int_equal(
+        proc_lua(
+            "local r, w = cm.proc.pipe()\n"
+            "assert(math.type(r) == 'integer' and math.type(w) == 'integer')\n"
+            "track_child(assert(cm.proc.spawn{argv={'sh', '-c', 'sleep 0.1; echo ready >&3'},\n"
+            "  extra_fds={w}, new_session=true}))\n"
+            "assert(cm.proc.close_fd(w))\n"
+            "local t0 = cm.time.now()\n"
+            "local data, msg = cm.proc.read_fd(r, 3000)\n"
+            "assert(data == 'ready\\n', tostring(data) .. ' ' .. tostring(msg))\n"
+            "local eof, m2 = cm.proc.read_fd(r, 3000)\n"
+            "assert(eof == nil and m2 == nil, m2)\n"
+            "assert(cm.time.now() - t0 < 2000)\n"
+            "assert(cm.proc.close_fd(r))\n"
+            /* Nobody writes: a bounded wait. */
+            "local r2, w2 = cm.proc.pipe()\n"
+            "t0 = cm.time.now()\n"
+            "local d, why, code = cm.proc.read_fd(r2, 100)\n"
+            "assert(d == nil and why == 'timeout' and code == 'timeout', why)\n"
+            "assert(cm.time.now() - t0 < 1000)\n"
+            "cm.proc.close_fd(r2) cm.proc.close_fd(w2)\n"
+            "local _, _, bad = cm.proc.read_fd(r2, 100)\n"
+            "assert(bad == 'EBADF', bad)\n"),
+        0);
 }
 
 /* detach: the child outlives the runtime, whose loop does not wait for it. */
@@ -298,22 +309,23 @@ static void spawn_detach_does_not_hold_the_loop(void **state)
 static void kill_group_reaches_grandchildren(void **state)
 {
     (void)state;
-    assert_int_equal(proc_lua("local r, w = cm.proc.pipe()\n"
-                              "local c = track_child(assert(cm.proc.spawn{\n"
-                              "  argv={'sh', '-c', 'sleep 30 & echo $! >&3; wait'},\n"
-                              "  extra_fds={w}, new_session=true}))\n"
-                              "track_group(c.pid)\n"
-                              "cm.proc.close_fd(w)\n"
-                              "local gpid = tonumber(assert(cm.proc.read_fd(r, 3000)))\n"
-                              "cm.proc.close_fd(r)\n"
-                              "assert(cm.proc.info(gpid).pgid == c.pid)\n"
-                              "assert(cm.proc.wait_group(c.pid, 100) == false)\n"
-                              "local t0 = cm.time.now()\n"
-                              "assert(cm.proc.kill_group(c.pid, 'TERM'))\n"
-                              "assert(cm.proc.wait_group(c.pid, 2000) == true)\n"
-                              "assert(cm.time.now() - t0 < 1500)\n"
-                              "assert(not cm.proc.alive(gpid) and not cm.proc.group_alive(c.pid))\n"),
-                     0);
+    assert_int_equal(
+        proc_lua("local r, w = cm.proc.pipe()\n"
+                 "local c = track_child(assert(cm.proc.spawn{\n"
+                 "  argv={'sh', '-c', 'sleep 30 & echo $! >&3; wait'},\n"
+                 "  extra_fds={w}, new_session=true}))\n"
+                 "track_group(c.pid)\n"
+                 "cm.proc.close_fd(w)\n"
+                 "local gpid = tonumber(assert(cm.proc.read_fd(r, 3000)))\n"
+                 "cm.proc.close_fd(r)\n"
+                 "assert(cm.proc.info(gpid).pgid == c.pid)\n"
+                 "assert(cm.proc.wait_group(c.pid, 100) == false)\n"
+                 "local t0 = cm.time.now()\n"
+                 "assert(cm.proc.kill_group(c.pid, 'TERM'))\n"
+                 "assert(cm.proc.wait_group(c.pid, 2000) == true)\n"
+                 "assert(cm.time.now() - t0 < 1500)\n"
+                 "assert(not cm.proc.alive(gpid) and not cm.proc.group_alive(c.pid))\n"),
+        0);
 }
 
 static void kill_refuses_init_and_groups(void **state)
@@ -374,25 +386,27 @@ static void info_reads_comm_with_spaces_and_parens(void **state)
     fclose(f);
     free(bin);
     assert_int_equal(chmod(prog, 0755), 0);
-    assert_int_equal(proc_lua("local c = track_child(assert(cm.proc.spawn{argv={'%s', '5'}}))\n"
-                              "local info\n"
-                              /* Until exec has replaced the fork's comm. */
-                              "for _ = 1, 100 do\n"
-                              "  info = assert(cm.proc.info(c.pid))\n"
-                              "  if info.name == 'a (b) c' then break end\n"
-                              "  cm.time.sleep(10)\n"
-                              "end\n"
-                              "assert(info.name == 'a (b) c', info.name)\n"
-                              "assert(info.pid == c.pid and info.ppid == cm.sys.pid())\n"
-                              "assert(info.state == 'S' or info.state == 'R', info.state)\n"
-                              "assert(math.type(info.start_time) == 'integer' and info.start_time > 0)\n"
-                              "assert(info.uid == %d, info.uid)\n"
-                              "assert(#info.cmdline == 2 and info.cmdline[1] == '%s' and info.cmdline[2] == '5')\n"
-                              "local me = assert(cm.proc.info(cm.sys.pid()))\n"
-                              "assert(info.start_time >= me.start_time)\n"
-                              "assert(cm.proc.info(4194305) == nil)\n",
-                              prog, (int)getuid(), prog),
-                     0);
+    assert_int_equal(
+        proc_lua(
+            "local c = track_child(assert(cm.proc.spawn{argv={'%s', '5'}}))\n"
+            "local info\n"
+            /* Until exec has replaced the fork's comm. */
+            "for _ = 1, 100 do\n"
+            "  info = assert(cm.proc.info(c.pid))\n"
+            "  if info.name == 'a (b) c' then break end\n"
+            "  cm.time.sleep(10)\n"
+            "end\n"
+            "assert(info.name == 'a (b) c', info.name)\n"
+            "assert(info.pid == c.pid and info.ppid == cm.sys.pid())\n"
+            "assert(info.state == 'S' or info.state == 'R', info.state)\n"
+            "assert(math.type(info.start_time) == 'integer' and info.start_time > 0)\n"
+            "assert(info.uid == %d, info.uid)\n"
+            "assert(#info.cmdline == 2 and info.cmdline[1] == '%s' and info.cmdline[2] == '5')\n"
+            "local me = assert(cm.proc.info(cm.sys.pid()))\n"
+            "assert(info.start_time >= me.start_time)\n"
+            "assert(cm.proc.info(4194305) == nil)\n",
+            prog, (int)getuid(), prog),
+        0);
     free(prog);
     cmt_rmtree(dir);
     free(dir);
@@ -401,16 +415,17 @@ static void info_reads_comm_with_spaces_and_parens(void **state)
 static void has_marker_matches_whole_entries(void **state)
 {
     (void)state;
-    assert_int_equal(proc_lua("local c = track_child(assert(cm.proc.spawn{argv={'sleep', '5'},\n"
-                              "  env={CM_TEST_MARKER='abc', OTHER='x'}}))\n"
-                              "assert(cm.proc.has_marker(c.pid, 'CM_TEST_MARKER', 'abc'))\n"
-                              "assert(not cm.proc.has_marker(c.pid, 'CM_TEST_MARKER', 'ab'))\n"
-                              "assert(not cm.proc.has_marker(c.pid, 'CM_TEST_MARKER', 'abcd'))\n"
-                              "assert(not cm.proc.has_marker(c.pid, 'CM_TEST', 'abc'))\n"
-                              "assert(not cm.proc.has_marker(c.pid, 'OTHER', 'abc'))\n"
-                              "assert(not cm.proc.has_marker(4194305, 'CM_TEST_MARKER', 'abc'))\n"
-                              "assert(not cm.proc.has_marker(cm.sys.pid(), 'CM_TEST_MARKER', 'abc'))\n"),
-                     0);
+    assert_int_equal(
+        proc_lua("local c = track_child(assert(cm.proc.spawn{argv={'sleep', '5'},\n"
+                 "  env={CM_TEST_MARKER='abc', OTHER='x'}}))\n"
+                 "assert(cm.proc.has_marker(c.pid, 'CM_TEST_MARKER', 'abc'))\n"
+                 "assert(not cm.proc.has_marker(c.pid, 'CM_TEST_MARKER', 'ab'))\n"
+                 "assert(not cm.proc.has_marker(c.pid, 'CM_TEST_MARKER', 'abcd'))\n"
+                 "assert(not cm.proc.has_marker(c.pid, 'CM_TEST', 'abc'))\n"
+                 "assert(not cm.proc.has_marker(c.pid, 'OTHER', 'abc'))\n"
+                 "assert(not cm.proc.has_marker(4194305, 'CM_TEST_MARKER', 'abc'))\n"
+                 "assert(not cm.proc.has_marker(cm.sys.pid(), 'CM_TEST_MARKER', 'abc'))\n"),
+        0);
 }
 
 static void list_has_init_and_us(void **state)
@@ -458,7 +473,8 @@ static void zombies_are_not_alive(void **state)
 static void wait_exit_on_a_non_child(void **state)
 {
     (void)state;
-    assert_int_equal(proc_lua("local r = assert(cm.proc.run{argv={'sh', '-c', 'sleep 0.3 >/dev/null 2>&1 & echo $!'},\n"
+    assert_int_equal(proc_lua("local r = assert(cm.proc.run{argv={'sh', '-c', 'sleep 0.3 "
+                              ">/dev/null 2>&1 & echo $!'},\n"
                               "                             timeout=5000})\n"
                               "local gpid = track_pid(assert(tonumber(r.stdout)))\n"
                               "local info = cm.proc.info(gpid)\n"
@@ -500,20 +516,21 @@ static void abandoned_waits_are_freed(void **state)
     }
     setpgid(sleeper, sleeper);
     double t0 = cmt_now_ms();
-    assert_int_equal(proc_lua("cm.task.spawn(function()\n"
-                              "  cm.proc.run{argv={'sh', '-c', 'echo $$ > %s; exec sleep 5'}}\n"
-                              "end)\n"
-                              "cm.task.spawn(function() cm.proc.wait_exit(%d, 5000) end)\n"
-                              "cm.task.spawn(function() cm.proc.wait_group(%d, 5000) end)\n"
-                              "local r, w = cm.proc.pipe()\n"
-                              "cm.task.spawn(function() cm.proc.read_fd(r, 5000) end)\n"
-                              "for _ = 1, 100 do\n"
-                              "  local f = io.open('%s') local s = f and f:read('a') if f then f:close() end\n"
-                              "  if s and #s > 0 then break end\n"
-                              "  cm.time.sleep(10)\n"
-                              "end\n",
-                              pidfile, (int)sleeper, (int)sleeper, pidfile),
-                     0);
+    assert_int_equal(
+        proc_lua("cm.task.spawn(function()\n"
+                 "  cm.proc.run{argv={'sh', '-c', 'echo $$ > %s; exec sleep 5'}}\n"
+                 "end)\n"
+                 "cm.task.spawn(function() cm.proc.wait_exit(%d, 5000) end)\n"
+                 "cm.task.spawn(function() cm.proc.wait_group(%d, 5000) end)\n"
+                 "local r, w = cm.proc.pipe()\n"
+                 "cm.task.spawn(function() cm.proc.read_fd(r, 5000) end)\n"
+                 "for _ = 1, 100 do\n"
+                 "  local f = io.open('%s') local s = f and f:read('a') if f then f:close() end\n"
+                 "  if s and #s > 0 then break end\n"
+                 "  cm.time.sleep(10)\n"
+                 "end\n",
+                 pidfile, (int)sleeper, (int)sleeper, pidfile),
+        0);
     assert_true(cmt_now_ms() - t0 < 3000);
     char *text = cmt_read_file(pidfile, NULL);
     assert_non_null(text);
@@ -540,7 +557,8 @@ static void reap_orphans_leaves_libuv_children(void **state)
                   * closed were never reaped by libuv: clear them first. */
                  "cm.proc.reap_orphans()\n"
                  "local function orphan()\n"
-                 "  local r = assert(cm.proc.run{argv={'sh', '-c', 'sleep 0.1 >/dev/null 2>&1 & echo $!'},\n"
+                 "  local r = assert(cm.proc.run{argv={'sh', '-c', 'sleep 0.1 >/dev/null 2>&1 & "
+                 "echo $!'},\n"
                  "                               timeout=5000})\n"
                  "  local pid = track_pid(assert(tonumber(r.stdout)))\n"
                  "  assert(cm.proc.info(pid).ppid == cm.sys.pid(), 'not re-parented to us')\n"
