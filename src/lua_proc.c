@@ -486,6 +486,7 @@ static int l_run(lua_State *L)
     o.flags = UV_PROCESS_DETACHED;
 
     r->proc.data = r;
+    r->started_ms = cm_now_ms();
     int rc = uv_spawn(loop, &r->proc, &o);
     job_adopt(&r->job, &r->proc); /* initialised even when the spawn failed */
     if (rc != 0) {
@@ -494,7 +495,6 @@ static int l_run(lua_State *L)
         return cmd_fail(L, &cmd, rc);
     }
     r->spawned = 1;
-    r->started_ms = cm_now_ms();
     if (uv_read_start((uv_stream_t *)&r->out_pipe, run_alloc_cb, run_read_cb) != 0)
         run_stream_done(&r->out_pipe, &r->out);
     if (uv_read_start((uv_stream_t *)&r->err_pipe, run_alloc_cb, run_read_cb) != 0)

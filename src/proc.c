@@ -288,7 +288,13 @@ int cm_proc_find_program(const char *name, const char *path, const char *cwd, ch
     return rc;
 }
 
+int cm__proc_pidfd_disabled = 0;
+
 int cm_proc_pidfd_open(pid_t pid)
 {
+    if (cm__proc_pidfd_disabled) {
+        errno = ENOSYS;
+        return -1;
+    }
     return (int)syscall(SYS_pidfd_open, (int)pid, 0);
 }

@@ -82,4 +82,8 @@ int cm_proc_find_program(const char *name, const char *path, const char *cwd, ch
  * gone, ENOSYS on kernels before 5.3. */
 int cm_proc_pidfd_open(pid_t pid);
 
+/* Tests set this to make cm_proc_pidfd_open fail with ENOSYS, so that the
+ * fallback of the waits (a 10 ms re-check) runs on kernels with pidfds. */
+extern int cm__proc_pidfd_disabled;
+
 #endif

@@ -500,6 +500,28 @@ static void wait_exit_on_a_non_child(void **state)
                      0);
 }
 
+/* Without pidfds (kernels before 5.3) the waits re-check every 10 ms. */
+static void waits_fall_back_without_pidfd(void **state)
+{
+    (void)state;
+    cm__proc_pidfd_disabled = 1;
+    int rc = proc_lua(
+        "local c = track_child(assert(cm.proc.spawn{argv={'sleep', '5'}, new_session=true}))\n"
+        "track_group(c.pid)\n"
+        "local t0 = cm.time.now()\n"
+        "assert(cm.proc.wait_exit(c.pid, 100) == false)\n"
+        "assert(cm.proc.wait_group(c.pid, 100) == false)\n"
+        "assert(cm.time.now() - t0 < 1000)\n"
+        "cm.time.timer(100, 0, function() cm.proc.kill_group(c.pid, 'KILL') end)\n"
+        "t0 = cm.time.now()\n"
+        "assert(cm.proc.wait_group(c.pid, 3000) == true)\n"
+        "assert(cm.proc.wait_exit(c.pid, 3000) == true)\n"
+        "local ms = cm.time.now() - t0\n"
+        "assert(ms >= 90 and ms < 1500, ms)\n");
+    cm__proc_pidfd_disabled = 0;
+    assert_int_equal(rc, 0);
+}
+
 /* The runtime closes while tasks wait on run, wait_exit, wait_group and
  * read_fd: every job is freed (ASan) and the run's child is killed. */
 static void abandoned_waits_are_freed(void **state)
@@ -607,6 +629,7 @@ int main(void)
         cmocka_unit_test(list_has_init_and_us),
         cmocka_unit_test(zombies_are_not_alive),
         cmocka_unit_test(wait_exit_on_a_non_child),
+        cmocka_unit_test(waits_fall_back_without_pidfd),
         cmocka_unit_test(abandoned_waits_are_freed),
         cmocka_unit_test(reap_orphans_leaves_libuv_children),
     };
