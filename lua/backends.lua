@@ -1,0 +1,360 @@
+-- The backend registry and the concurrent health checker (DESIGN §6).
+--
+-- A backend is a module { name, summary, check(settings) -> result }.  The
+-- registry is every embedded module under backends. plus every .lua file in
+-- <root>/backends/ (users' own), so the set of valid names is never a
+-- hard-coded list.  check_all runs every check in its own task: the C
+-- primitives they call (cm.http.get, cm.proc.run, ...) park only their task,
+-- so a status costs the slowest check, not the sum.
+--
+-- A result is { healthy = true|false|nil, detail = "...", hint = "...",
+-- ms = n, info = {...} }: nil means "could not tell" (? unknown).
+
+local ui = require("ui")
+
+local M = {}
+
+M.PREFIX = "backends."
+
+-- A check that has not finished this long after the health timeout is
+-- abandoned and reported as unknown, so one stuck backend cannot hold up a
+-- status (or the supervisor's health loop) forever.
+M.DEADLINE_SLACK_MS = 2000
+
+-- Warnings go to stderr: stdout may be --json that a script parses.
+local warned = {}
+local function warn_once(fmt, ...)
+    local msg = fmt:format(...)
+    if warned[msg] then return end
+    warned[msg] = true
+    io.stdout:flush()
+    io.stderr:write(ui.paint("yellow", "[WARNING]") .. " " .. msg .. "\n")
+end
+
+local function valid_module(mod)
+    return type(mod) == "table" and type(mod.check) == "function"
+end
+
+-- Users' backends, cached by path and mtime so that the supervisor's
+-- periodic checks do not reload (and re-warn about) unchanged files.
+local user_cache = {} -- path -> { stamp = "...", mod = module|false }
+
+local function load_user_backend(path)
+    local st = cm.fs.stat(path)
+    if not st or st.type ~= "file" then return nil end
+    local stamp = ("%s|%s"):format(tostring(st.mtime), tostring(st.size))
+    local cached = user_cache[path]
+    if cached and cached.stamp == stamp then return cached.mod or nil end
+    local chunk, err = loadfile(path, "t")
+    local ok, mod = chunk ~= nil, err
+    if ok then ok, mod = pcall(chunk) end
+    if ok and not valid_module(mod) then
+        ok, mod = false, "a backend module must return { name = ..., check = function }"
+    end
+    if not ok then
+        warn_once("ignoring backend %s: %s", path, tostring(mod))
+        mod = false
+    end
+    user_cache[path] = { stamp = stamp, mod = mod }
+    return mod or nil
+end
+
+-- name -> module for every backend of this root.
+local function load_all(root)
+    local mods = {}
+    for module_name in pairs(cm.modules(M.PREFIX)) do
+        local name = module_name:sub(#M.PREFIX + 1)
+        if not name:find(".", 1, true) then
+            local ok, mod = pcall(require, module_name)
+            if ok and valid_module(mod) then
+                mods[name] = mod
+            else
+                warn_once("ignoring backend %s: %s", module_name,
+                    ok and "it does not return { name = ..., check = function }" or tostring(mod))
+            end
+        end
+    end
+    local dir = root and (root .. "/backends")
+    for _, file in ipairs(dir and cm.fs.list(dir) or {}) do
+        local name = file:match("^([%w_%-]+)%.lua$")
+        if name then
+            local path = dir .. "/" .. file
+            if mods[name] then
+                warn_once("ignoring backend %s: '%s' is a built-in backend", path, name)
+            else
+                mods[name] = load_user_backend(path)
+            end
+        end
+    end
+    return mods
+end
+
+-- Accepts a root or a settings object (anything with .root and :get).
+local function split_arg(root_or_settings, settings)
+    if type(root_or_settings) == "table" then
+        return root_or_settings.root, root_or_settings
+    end
+    return root_or_settings, settings
+end
+
+-- Backend names in preference order: those listed in backend.order (when
+-- the config gives it) first, in that order, then the rest by name.
+function M.names(root, settings)
+    root, settings = split_arg(root, settings)
+    local mods = load_all(root)
+    local names, seen = {}, {}
+    local order = settings and settings:get("backend.order")
+    if type(order) == "table" then
+        for _, name in ipairs(order) do
+            if mods[name] and not seen[name] then
+                names[#names + 1] = name
+                seen[name] = true
+            end
+        end
+    end
+    local rest = {}
+    for name in pairs(mods) do
+        if not seen[name] then rest[#rest + 1] = name end
+    end
+    table.sort(rest)
+    return table.move(rest, 1, #rest, #names + 1, names)
+end
+
+-- The module called `name`, or nil.
+function M.get(root, name)
+    root = split_arg(root)
+    if type(name) ~= "string" then return nil end
+    return load_all(root)[name]
+end
+
+-- Makes any value a check returned into a well-formed result.
+local function normalise(ok, value, ms)
+    if not ok then
+        return { healthy = nil, detail = "check failed: " .. tostring(value), ms = ms, info = {} }
+    end
+    if type(value) ~= "table" then
+        return { healthy = nil, detail = "check failed: it returned " .. type(value) ..
+            " instead of a result table", ms = ms, info = {} }
+    end
+    local r = {
+        healthy = value.healthy,
+        detail = value.detail ~= nil and tostring(value.detail) or "",
+        hint = value.hint ~= nil and tostring(value.hint) or nil,
+        ms = math.type(value.ms) and value.ms or ms,
+        info = type(value.info) == "table" and value.info or {},
+    }
+    if r.healthy ~= true and r.healthy ~= false then r.healthy = nil end
+    return r
+end
+
+-- Checks the named backends (default: all) at the same time and returns
+-- { [name] = result }.  An unknown name gives an unknown result; a check
+-- that raises gives { healthy = nil, detail = "check failed: <err>" }.
+function M.check_all(settings, names)
+    local mods = load_all(settings.root)
+    names = names or M.names(settings.root, settings)
+    local results, started = {}, {}
+    local all_done = cm.task.event()
+    -- pending starts at 1 for the spawning loop itself: a check that ends
+    -- without waiting (a cached probe) must not signal "all done" before
+    -- the other checks are even started.
+    local pending = 1
+    local function finished()
+        pending = pending - 1
+        if pending == 0 then all_done:set() end
+    end
+    local t0 = cm.time.now()
+    for _, name in ipairs(names) do
+        local mod = mods[name]
+        if not mod then
+            results[name] = { healthy = nil, detail = "unknown backend", ms = 0, info = {} }
+        elseif not started[name] then
+            started[name] = true
+            pending = pending + 1
+            cm.task.spawn(function()
+                local t = cm.time.now()
+                local ok, value = pcall(mod.check, settings)
+                results[name] = normalise(ok, value, math.floor(cm.time.now() - t + 0.5))
+                finished()
+            end)
+        end
+    end
+    finished()
+    if not all_done:is_set() then
+        local deadline = settings:get("manager.health_timeout") * 1000 + M.DEADLINE_SLACK_MS
+        all_done:wait(deadline)
+        for name in pairs(started) do
+            if results[name] == nil then
+                results[name] = { healthy = nil, ms = math.floor(cm.time.now() - t0 + 0.5), info = {},
+                    detail = ("check did not finish within %s"):format(M.seconds(deadline)) }
+            end
+        end
+    end
+    return results
+end
+
+-- A result as JSON-ready data: healthy = null when unknown.
+function M.to_json(result)
+    return {
+        healthy = result.healthy == nil and cm.json.null or result.healthy,
+        detail = result.detail,
+        hint = result.hint,
+        ms = result.ms,
+        info = result.info,
+    }
+end
+
+-- ---- printing -----------------------------------------------------------
+
+local function visible_len(s)
+    return utf8.len((s:gsub("\27%[[%d;]*m", ""))) or #s
+end
+
+local function pad(s, width)
+    return s .. string.rep(" ", math.max(1, width - visible_len(s)))
+end
+
+M.NAME_WIDTH, M.INDICATOR_WIDTH = 11, 14
+
+-- "  ollama     ✓ healthy     2 models (...), v0.5.7, 3 ms"
+function M.format_line(name, result)
+    local text = result.detail or ""
+    if result.ms then
+        text = text ~= "" and (text .. ", " .. result.ms .. " ms") or (result.ms .. " ms")
+    end
+    return "  " .. pad(name, M.NAME_WIDTH) .. pad(ui.indicator(result.healthy), M.INDICATOR_WIDTH) .. text
+end
+
+-- The hint's lines, each a troubleshooting step.
+function M.hint_lines(result)
+    local lines = {}
+    for line in (result.hint or ""):gmatch("[^\n]+") do lines[#lines + 1] = line end
+    return lines
+end
+
+-- Prints the backend section used by `backend status`, `start` and
+-- `status`: one line per backend in registry order, then the active one.
+-- opts: { active = name (default backend.active), hints = bool (print the
+-- troubleshooting lines under backends that are not healthy), title = text }.
+function M.print_section(settings, results, opts)
+    opts = opts or {}
+    local active = opts.active or settings:get("backend.active")
+    if opts.title then ui.say("%s", opts.title) end
+    local listed = {}
+    local function show(name)
+        local r = results[name]
+        if r == nil or listed[name] then return end
+        listed[name] = true
+        ui.say("%s", M.format_line(name, r))
+        if opts.hints and r.healthy ~= true then
+            for _, line in ipairs(M.hint_lines(r)) do ui.say("      - %s", line) end
+        end
+    end
+    for _, name in ipairs(M.names(settings.root, settings)) do show(name) end
+    local extra = {}
+    for name in pairs(results) do
+        if not listed[name] then extra[#extra + 1] = name end
+    end
+    table.sort(extra)
+    for _, name in ipairs(extra) do show(name) end
+    if M.get(settings.root, active) then
+        ui.say("Active backend: %s", active)
+    else
+        ui.say("Active backend: %s (not a known backend)", tostring(active))
+    end
+end
+
+-- ---- switching ----------------------------------------------------------
+
+-- Writes backend.active = name into the config file, keeping every other key
+-- and their order (cm.config), atomically and under <root>/run/config.lock so
+-- that two writers never lose each other's change.  The file is re-read
+-- under the lock.  Returns true, or nil and a message.
+function M.switch(settings, name)
+    if not M.get(settings.root, name) then
+        return nil, "Unknown backend: " .. tostring(name)
+    end
+    local run_dir = settings.root .. "/run"
+    local ok, err = cm.fs.mkdir(run_dir, tonumber("700", 8))
+    if not ok then return nil, err end
+    local lock
+    lock, err = cm.fs.lock(run_dir .. "/config.lock", { wait = true, timeout = 5000 })
+    if not lock then return nil, "cannot lock the config: " .. tostring(err) end
+    local cfg
+    cfg, err = cm.config.load(settings.path)
+    if cfg then
+        -- set fails (nil, msg) when "backend" exists but is not an object.
+        local set_ok, set_done, set_err = pcall(cfg.set, cfg, "backend.active", name)
+        if set_ok and set_done then
+            -- cm.config's own save lock (held only while writing) also goes
+            -- in run/, so no lock file appears next to the user's config.
+            ok, err = cfg:save({ lock = run_dir .. "/config.save.lock" })
+        else
+            ok, err = nil, tostring(set_ok and set_err or set_done)
+        end
+    else
+        ok = nil
+    end
+    lock:unlock()
+    if not ok then return nil, err end
+    return true
+end
+
+-- ---- helpers for backend modules (users' backends may use them too) ------
+
+-- "1 s", "0.5 s", "30 s"
+function M.seconds(ms)
+    local s = ms / 1000
+    if s == math.floor(s) then return ("%d s"):format(s) end
+    return ("%.1f s"):format(s)
+end
+
+-- "1.3 GB", "398 MB", "1.2 KB", "512 B" (decimal units, as `ollama list`).
+function M.format_size(bytes)
+    if type(bytes) ~= "number" then return "?" end
+    local units = { "B", "KB", "MB", "GB", "TB" }
+    local i, v = 1, bytes
+    while v >= 1000 and i < #units do
+        v = v / 1000
+        i = i + 1
+    end
+    if i == 1 then return ("%d B"):format(v) end
+    if v >= 100 then return ("%.0f %s"):format(v, units[i]) end
+    return ("%.1f %s"):format(v, units[i])
+end
+
+-- The health-check timeouts in ms: manager.health_connect_timeout and
+-- manager.health_timeout, or the backend's own config keys when smaller
+-- (DESIGN §8).  The connect timeout never exceeds the total.
+function M.timeouts(settings, own_connect_key, own_total_key)
+    local connect = settings:get("manager.health_connect_timeout")
+    local total = settings:get("manager.health_timeout")
+    local own_connect = own_connect_key and settings:get(own_connect_key)
+    local own_total = own_total_key and settings:get(own_total_key)
+    if type(own_connect) == "number" and own_connect > 0 then connect = math.min(connect, own_connect) end
+    if type(own_total) == "number" and own_total > 0 then total = math.min(total, own_total) end
+    connect = math.min(connect, total)
+    return { connect = math.max(1, math.floor(connect * 1000)), total = math.max(1, math.floor(total * 1000)) }
+end
+
+local function host_of(url)
+    return url:match("^%a[%w+.-]*://%[?([^/%]:]+)") or url
+end
+
+-- A distinct, readable detail for each way cm.http.get fails.
+function M.describe_http_error(url, msg, code, timeouts)
+    if code == "refused" then return ("connection refused at %s"):format(url) end
+    if code == "dns" then return ("cannot resolve host '%s' (%s)"):format(host_of(url), url) end
+    if code == "connect_timeout" then
+        return ("no connection to %s within %s"):format(url, M.seconds(timeouts.connect))
+    end
+    if code == "timeout" then
+        return ("no answer from %s within %s"):format(url, M.seconds(timeouts.total))
+    end
+    if code == "closed" then return ("%s closed the connection without an answer"):format(url) end
+    if code == "too_large" then return ("the answer from %s is too large"):format(url) end
+    if code == "ssl" then return ("TLS error talking to %s: %s"):format(url, tostring(msg)) end
+    return ("request to %s failed: %s"):format(url, tostring(msg))
+end
+
+return M
