@@ -609,6 +609,63 @@ static void test_json_parse_and_print(void **state)
     }
 }
 
+/* The repository's default config.json is in the printer's exact style and
+ * carries the documented defaults. */
+static void test_default_config_round_trips(void **state)
+{
+    (void)state;
+    char *path = cmt_source("config.json");
+    size_t len;
+    char *original = cmt_read_file(path, &len);
+    assert_non_null(original);
+    cm_config_t *cfg = load_ok(path);
+    size_t text_len;
+    char *text = cm_config_text(cfg, &text_len);
+    assert_int_equal(text_len, len);
+    assert_memory_equal(text, original, len);
+
+    static const struct {
+        const char *key;
+        double value;
+    } numbers[] = {
+        {"backend.health_check_interval", 30},
+        {"ollama.timeout", 600},
+        {"ollama.connect_timeout", 45},
+        {"llamacpp.n_ctx", 8192},
+        {"llamacpp.n_threads", -1},
+        {"llamacpp.n_gpu_layers", 0},
+        {"server.port", 3113},
+        {"manager.start_timeout", 30},
+        {"manager.stop_timeout", 10},
+        {"manager.health_connect_timeout", 5},
+        {"manager.health_timeout", 10},
+        {"manager.restart.max_restarts", 5},
+        {"manager.restart.backoff_initial", 1},
+        {"manager.restart.backoff_max", 60},
+        {"manager.restart.reset_after", 30},
+        {"manager.fallback_after", 2},
+        {"manager.fallback_cooldown", 300},
+        {"manager.log_keep", 20},
+    };
+    for (size_t i = 0; i < sizeof(numbers) / sizeof(numbers[0]); i++) {
+        cJSON *node = cm_config_get(cfg, numbers[i].key);
+        if (!cJSON_IsNumber(node) || node->valuedouble != numbers[i].value) {
+            print_error("%s is not %g\n", numbers[i].key, numbers[i].value);
+            fail();
+        }
+    }
+    assert_string_equal(cm_config_get(cfg, "backend.active")->valuestring, "ollama");
+    assert_string_equal(cm_config_get(cfg, "manager.restart.policy")->valuestring, "on-failure");
+    assert_string_equal(cm_config_get(cfg, "manager.app.venv")->valuestring, "auto");
+    assert_true(cJSON_IsNull(cm_config_get(cfg, "manager.health_path")));
+    assert_true(cJSON_IsNull(cm_config_get(cfg, "manager.policy")));
+    assert_int_equal(cJSON_GetArraySize(cm_config_get(cfg, "manager.app.command")), 2);
+    free(text);
+    free(original);
+    free(path);
+    cm_config_free(cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -627,6 +684,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bom_is_kept, setup, teardown),
         cmocka_unit_test_setup_teardown(test_numbers_print_shortest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_json_parse_and_print, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_default_config_round_trips, setup, teardown),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }
