@@ -1,0 +1,167 @@
+--[[
+The lifecycle of the supervised app, as data (DESIGN.md §4).  src/machine.c
+loads this table (cm.machine.new), checks it, and fires the events that come
+from libuv: the child's exit, the start and stop timers, the readiness probe,
+the retry timer, and the user's start/stop (commands, signals).
+
+    stopped --start--> starting --ready--> running --stop--> stopping --exited--> stopped
+                          |                   |                  ^
+                          +--exited/timeout---+-> failed --retry-+-> starting
+
+Shape of the table, which the engine validates:
+  states, events   the names; `initial` is where a new supervisor begins.
+  describe         how a refusal names each state: a (state, event) pair with
+                   no row is refused with "cannot <event>: <describe[state]>".
+  guards           name -> function(ctx, payload) -> bool.
+  transitions      rows { from=, event=, to=, guard="name"?, actions={...} }
+                   or { from=, event=, ignore=true }.  The rows of one pair
+                   are tried in order; every row but the last has a guard and
+                   the last has none.  Actions are names resolved in the
+                   actions table the supervisor passes to cm.machine.new; they
+                   run in order, each as action(ctx, payload).
+
+ctx is the supervisor's context: policy ("no" | "on-failure" | "always"),
+restarts (automatic restarts in a row so far), max_restarts, ever_ready (the
+app reached `running` in this supervisor's life).  The payload of `exited` is
+{ code = int|nil, signal = string|nil }; `start_timeout` carries no exit.
+
+Every one of the 35 state x event pairs is deliberately a row, an ignore row,
+or absent (refused); spec/lifecycle.lua states the outcome of each.
+
+Why the less obvious rows are as they are:
+- Late events are ignored, not refused.  Timers, the readiness probe and the
+  child's exit are asynchronous: a timer cancelled by an action may already
+  have fired, a probe may answer after the app failed, a killed group reports
+  its exit after the machine moved on.  Those are the ignore rows of
+  ready/exited/start_timeout/stop_timeout/retry in states that no longer
+  expect them.  Only a user's start or stop is ever refused: a person asked
+  for something that makes no sense now and must be told why.
+- failed + exited is ignored: a start timeout kills the group and moves to
+  failed at once; the killed app's exit arrives afterwards.  (The supervisor
+  must only fire `exited` for its current child: a retry may already have
+  spawned the next one.)
+- stopping + stop is ignored, while a second start is refused: stop is
+  idempotent (TERM sent twice, systemd and a user at once, a stop retried
+  after a timeout) and what it asks for is already happening, whereas a
+  second start could only be answered by a second app, so the user is told
+  the state instead.
+- stopping + stop_timeout stays in stopping and escalates to SIGKILL: the
+  group is not gone yet, and only its exit ends the stop.
+- starting + stop reports the start as failed: the `start` command waiting
+  on the readiness pipe must get an answer, and the app never became ready.
+- A start that never became ready is not retried (will_retry needs
+  ever_ready): a crash at the first start is a broken setup, which the user
+  sees at once as a failed start instead of a restart loop.  After a retry,
+  starting + exited and starting + start_timeout retry again while restarts
+  remain.
+- running + exited: retry when the policy says so; a clean exit that is not
+  retried ends in stopped, not failed (the app chose to stop); anything else
+  gives up in failed.  The `start` command has its answer already, so
+  nothing is reported to it.
+- failed + start is a fresh start by a user: the pending retry is cancelled
+  and the restart count reset.  failed + stop cancels the retry and ends in
+  stopped: there is no process left to signal.
+- stopped + stop is refused ("cannot stop: not running") so that
+  `chat-manager stop` can say so, as the old script did.
+]]
+
+-- An exit the app chose: status 0 and no signal.  A start timeout has no
+-- code at all, so it is never clean.
+local function clean_exit(payload)
+  return payload.code == 0 and payload.signal == nil
+end
+
+return {
+  states = { "stopped", "starting", "running", "stopping", "failed" },
+  events = { "start", "ready", "exited", "start_timeout", "stop", "stop_timeout", "retry" },
+  initial = "stopped",
+
+  describe = {
+    stopped = "not running",
+    starting = "already starting",
+    running = "already running",
+    stopping = "it is stopping",
+    failed = "it has failed",
+  },
+
+  guards = {
+    -- An automatic restart: only for an app that has been ready once, while
+    -- restarts remain, when the policy asks for it.
+    will_retry = function(ctx, payload)
+      if not ctx.ever_ready then return false end
+      if (ctx.restarts or 0) >= (ctx.max_restarts or 0) then return false end
+      if ctx.policy == "always" then return true end
+      return ctx.policy == "on-failure" and not clean_exit(payload)
+    end,
+    exited_cleanly = function(_, payload)
+      return clean_exit(payload)
+    end,
+  },
+
+  transitions = {
+    -- stopped
+    { from = "stopped", event = "start", to = "starting",
+      actions = { "spawn_app", "arm_start_timer", "probe_ready" } },
+    { from = "stopped", event = "ready", ignore = true },
+    { from = "stopped", event = "exited", ignore = true },
+    { from = "stopped", event = "start_timeout", ignore = true },
+    { from = "stopped", event = "stop_timeout", ignore = true },
+    { from = "stopped", event = "retry", ignore = true },
+    -- stopped + stop: refused, "cannot stop: not running"
+
+    -- starting
+    { from = "starting", event = "ready", to = "running",
+      actions = { "cancel_start_timer", "report_ready" } },
+    { from = "starting", event = "exited", guard = "will_retry", to = "failed",
+      actions = { "cancel_start_timer", "record_exit", "schedule_retry" } },
+    { from = "starting", event = "exited", to = "failed",
+      actions = { "cancel_start_timer", "record_exit", "report_failed", "give_up" } },
+    { from = "starting", event = "start_timeout", guard = "will_retry", to = "failed",
+      actions = { "kill_group", "record_timeout", "schedule_retry" } },
+    { from = "starting", event = "start_timeout", to = "failed",
+      actions = { "kill_group", "record_timeout", "report_failed", "give_up" } },
+    { from = "starting", event = "stop", to = "stopping",
+      actions = { "cancel_start_timer", "term_group", "arm_stop_timer", "report_failed" } },
+    { from = "starting", event = "stop_timeout", ignore = true },
+    { from = "starting", event = "retry", ignore = true },
+    -- starting + start: refused, "cannot start: already starting"
+
+    -- running
+    { from = "running", event = "exited", guard = "will_retry", to = "failed",
+      actions = { "record_exit", "schedule_retry" } },
+    { from = "running", event = "exited", guard = "exited_cleanly", to = "stopped",
+      actions = { "record_exit", "finish_stop" } },
+    { from = "running", event = "exited", to = "failed",
+      actions = { "record_exit", "give_up" } },
+    { from = "running", event = "stop", to = "stopping",
+      actions = { "term_group", "arm_stop_timer" } },
+    { from = "running", event = "ready", ignore = true },
+    { from = "running", event = "start_timeout", ignore = true },
+    { from = "running", event = "stop_timeout", ignore = true },
+    { from = "running", event = "retry", ignore = true },
+    -- running + start: refused, "cannot start: already running"
+
+    -- stopping
+    { from = "stopping", event = "exited", to = "stopped",
+      actions = { "cancel_stop_timer", "record_exit", "finish_stop" } },
+    { from = "stopping", event = "stop_timeout", to = "stopping",
+      actions = { "kill_group" } },
+    { from = "stopping", event = "stop", ignore = true },
+    { from = "stopping", event = "ready", ignore = true },
+    { from = "stopping", event = "start_timeout", ignore = true },
+    { from = "stopping", event = "retry", ignore = true },
+    -- stopping + start: refused, "cannot start: it is stopping"
+
+    -- failed
+    { from = "failed", event = "start", to = "starting",
+      actions = { "cancel_retry", "reset_restarts", "spawn_app", "arm_start_timer", "probe_ready" } },
+    { from = "failed", event = "retry", to = "starting",
+      actions = { "spawn_app", "arm_start_timer", "probe_ready" } },
+    { from = "failed", event = "stop", to = "stopped",
+      actions = { "cancel_retry", "finish_stop" } },
+    { from = "failed", event = "ready", ignore = true },
+    { from = "failed", event = "exited", ignore = true },
+    { from = "failed", event = "start_timeout", ignore = true },
+    { from = "failed", event = "stop_timeout", ignore = true },
+  },
+}
