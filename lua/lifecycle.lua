@@ -154,7 +154,8 @@ return {
 
     -- failed
     { from = "failed", event = "start", to = "starting",
-      actions = { "cancel_retry", "reset_restarts", "spawn_app", "arm_start_timer", "probe_ready" } },
+      actions = { "cancel_retry", "reset_restarts",
+                  "spawn_app", "arm_start_timer", "probe_ready" } },
     { from = "failed", event = "retry", to = "starting",
       actions = { "spawn_app", "arm_start_timer", "probe_ready" } },
     { from = "failed", event = "stop", to = "stopped",

@@ -75,13 +75,15 @@ static int load_describe(lua_State *L, cm_machine_t *m)
         return 0;
     }
     if (type != LUA_TTABLE) return load_error(L, "def.describe must be a table of state = text");
-    lua_pushnil(L); /* [.., describe, nil] */
+    lua_pushnil(L);           /* [.., describe, nil] */
     while (lua_next(L, -2)) { /* [.., describe, key, text] */
-        if (lua_type(L, -2) != LUA_TSTRING) return load_error(L, "def.describe: keys must be state names");
+        if (lua_type(L, -2) != LUA_TSTRING)
+            return load_error(L, "def.describe: keys must be state names");
         const char *name = lua_tostring(L, -2);
         int state = cm_machine_state_index(m, name);
         if (state < 0) return load_error(L, "def.describe: unknown state '%s'", name);
-        if (lua_type(L, -1) != LUA_TSTRING) return load_error(L, "def.describe.%s must be a string", name);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            return load_error(L, "def.describe.%s must be a string", name);
         if (cm_machine_set_describe(m, state, lua_tostring(L, -1)) != 0)
             return luaL_error(L, "out of memory");
         lua_pop(L, 1); /* [.., describe, key] */
@@ -99,11 +101,13 @@ static int load_guards(lua_State *L, cm_machine_t *m)
         return 0;
     }
     if (type != LUA_TTABLE) return load_error(L, "def.guards must be a table of name = function");
-    lua_pushnil(L); /* [.., guards, nil] */
+    lua_pushnil(L);           /* [.., guards, nil] */
     while (lua_next(L, -2)) { /* [.., guards, name, fn] */
-        if (lua_type(L, -2) != LUA_TSTRING) return load_error(L, "def.guards: keys must be guard names");
+        if (lua_type(L, -2) != LUA_TSTRING)
+            return load_error(L, "def.guards: keys must be guard names");
         const char *name = lua_tostring(L, -2);
-        if (lua_type(L, -1) != LUA_TFUNCTION) return load_error(L, "guard '%s' is not a function", name);
+        if (lua_type(L, -1) != LUA_TFUNCTION)
+            return load_error(L, "guard '%s' is not a function", name);
         int ref = luaL_ref(L, LUA_REGISTRYINDEX); /* [.., guards, name] */
         if (cm_machine_add_guard(m, L, name, ref) < 0) return luaL_error(L, "out of memory");
     }
@@ -119,7 +123,8 @@ static int row_name(lua_State *L, const cm_machine_t *m, int row_idx, int i, con
     int type = lua_getfield(L, row_idx, key); /* [.., value] */
     if (type == LUA_TNIL) return load_error(L, "transition %d: missing '%s'", i, key);
     if (type != LUA_TSTRING)
-        return load_error(L, "transition %d: '%s' must be %s name", i, key, is_event ? "an event" : "a state");
+        return load_error(L, "transition %d: '%s' must be %s name", i, key,
+                          is_event ? "an event" : "a state");
     const char *name = lua_tostring(L, -1);
     *index = is_event ? cm_machine_event_index(m, name) : cm_machine_state_index(m, name);
     if (*index < 0) return load_error(L, "transition %d: unknown %s '%s'", i, kind, name);
@@ -139,7 +144,8 @@ static int row_actions(lua_State *L, cm_machine_t *m, int i, int *out, int n)
         int index = cm_machine_action_index(m, name);
         if (index < 0) {
             int type = lua_getfield(L, ARG_ACTIONS, name); /* [.., list, name, fn] */
-            if (type == LUA_TNIL) return load_error(L, "transition %d: unknown action '%s'", i, name);
+            if (type == LUA_TNIL)
+                return load_error(L, "transition %d: unknown action '%s'", i, name);
             if (type != LUA_TFUNCTION)
                 return load_error(L, "transition %d: action '%s' is not a function", i, name);
             int ref = luaL_ref(L, LUA_REGISTRYINDEX); /* [.., list, name] */
@@ -165,13 +171,15 @@ static int load_row(lua_State *L, cm_machine_t *m, int i)
     row.ignore = lua_toboolean(L, -1);
     lua_pop(L, 1);
     int guard_idx = row_idx + 1, actions_idx = row_idx + 2;
-    int has_guard = lua_getfield(L, row_idx, "guard") != LUA_TNIL;     /* [.., row, guard] */
-    int has_actions = lua_getfield(L, row_idx, "actions") != LUA_TNIL; /* [.., row, guard, actions] */
-    int has_to = lua_getfield(L, row_idx, "to") != LUA_TNIL;           /* [.., row, guard, actions, to] */
-    lua_pop(L, 1);                                                     /* [.., row, guard, actions] */
+    int has_guard = lua_getfield(L, row_idx, "guard") != LUA_TNIL; /* [.., row, guard] */
+    int has_actions =
+        lua_getfield(L, row_idx, "actions") != LUA_TNIL;     /* [.., row, guard, actions] */
+    int has_to = lua_getfield(L, row_idx, "to") != LUA_TNIL; /* [.., row, guard, actions, to] */
+    lua_pop(L, 1);                                           /* [.., row, guard, actions] */
     if (row.ignore) {
         if (has_to || has_guard || has_actions)
-            return load_error(L, "transition %d: an ignore row has no 'to', 'guard' or 'actions'", i);
+            return load_error(L, "transition %d: an ignore row has no 'to', 'guard' or 'actions'",
+                              i);
         lua_settop(L, row_idx); /* [.., row] */
         return cm_machine_add_row(m, &row) == 0 ? 0 : luaL_error(L, "out of memory");
     }
@@ -180,7 +188,8 @@ static int load_row(lua_State *L, cm_machine_t *m, int i)
 
     if (has_guard) {
         if (lua_type(L, guard_idx) != LUA_TSTRING)
-            return load_error(L, "transition %d: 'guard' must be the name of a def.guards entry", i);
+            return load_error(L, "transition %d: 'guard' must be the name of a def.guards entry",
+                              i);
         const char *name = lua_tostring(L, guard_idx);
         row.guard = cm_machine_guard_index(m, name);
         if (row.guard < 0) return load_error(L, "transition %d: unknown guard '%s'", i, name);
@@ -287,7 +296,8 @@ static int l_new(lua_State *L)
     if (!lua_isnil(L, ARG_OPTS)) {
         luaL_checktype(L, ARG_OPTS, LUA_TTABLE);
         int type = lua_getfield(L, ARG_OPTS, "context"); /* [def, actions, opts, ctx] */
-        luaL_argcheck(L, type == LUA_TNIL || type == LUA_TTABLE, ARG_OPTS, "context must be a table");
+        luaL_argcheck(L, type == LUA_TNIL || type == LUA_TTABLE, ARG_OPTS,
+                      "context must be a table");
         type = lua_getfield(L, ARG_OPTS, "on_transition"); /* [.., ctx, hook] */
         luaL_argcheck(L, type == LUA_TNIL || type == LUA_TFUNCTION, ARG_OPTS,
                       "on_transition must be a function");

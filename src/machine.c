@@ -174,7 +174,8 @@ void cm_machine_release(cm_machine_t *m, lua_State *L)
         free(m->states[i].describe);
     }
     free(m->states);
-    for (int i = 0; i < m->nevents; i++) free(m->events[i]);
+    for (int i = 0; i < m->nevents; i++)
+        free(m->events[i]);
     free(m->events);
     for (int i = 0; i < m->nguards; i++) {
         free(m->guards[i].name);
@@ -186,7 +187,8 @@ void cm_machine_release(cm_machine_t *m, lua_State *L)
         luaL_unref(L, LUA_REGISTRYINDEX, m->actions[i].ref);
     }
     free(m->actions);
-    for (int i = 0; i < m->nrows; i++) free(m->rows[i].actions);
+    for (int i = 0; i < m->nrows; i++)
+        free(m->rows[i].actions);
     free(m->rows);
     free(m->pair_start);
     free(m->pair_rows);
@@ -212,7 +214,8 @@ static int index_pairs(cm_machine_t *m)
      * pair_start[p] is where pair p's rows begin. */
     for (int r = 0; r < m->nrows; r++)
         m->pair_start[m->rows[r].from * m->nevents + m->rows[r].event + 1]++;
-    for (int p = 0; p < npairs; p++) m->pair_start[p + 1] += m->pair_start[p];
+    for (int p = 0; p < npairs; p++)
+        m->pair_start[p + 1] += m->pair_start[p];
     int *next = malloc((size_t)(npairs > 0 ? npairs : 1) * sizeof *next);
     if (next == NULL) return -1;
     memcpy(next, m->pair_start, (size_t)npairs * sizeof *next);
@@ -235,7 +238,8 @@ static int check_pairs(const cm_machine_t *m, char *err, size_t errlen)
             for (int k = first; k < end; k++) {
                 const cm_machine_row_t *row = &m->rows[m->pair_rows[k]];
                 if (row->ignore && end - first > 1) {
-                    snprintf(err, errlen, "%s + %s: an ignore row cannot share its pair with other rows",
+                    snprintf(err, errlen,
+                             "%s + %s: an ignore row cannot share its pair with other rows",
                              pair_state, pair_event);
                     return -1;
                 }
@@ -331,16 +335,16 @@ const char *cm_machine_describe(const cm_machine_t *m, int state, char *buf, siz
 
 /* Reports the error message on top of L (and pops it), naming the function
  * that raised it and the pair being processed. */
-static void report_failure(const cm_machine_t *m, lua_State *L, const char *what,
-                           const char *name, const cm_machine_row_t *row)
+static void report_failure(const cm_machine_t *m, lua_State *L, const char *what, const char *name,
+                           const cm_machine_row_t *row)
 {
     luaL_checkstack(L, 2, "machine report");
-    const char *where = lua_pushfstring(L, "machine %s '%s' (%s + %s)", what, name,
-                                        m->states[row->from].name,
-                                        m->events[row->event]); /* [err, where] */
-    lua_insert(L, -2);                                           /* [where, err] */
-    cm_report_error(L, where);                                   /* [where] */
-    lua_pop(L, 1);                                               /* [] */
+    const char *where =
+        lua_pushfstring(L, "machine %s '%s' (%s + %s)", what, name, m->states[row->from].name,
+                        m->events[row->event]); /* [err, where] */
+    lua_insert(L, -2);                          /* [where, err] */
+    cm_report_error(L, where);                  /* [where] */
+    lua_pop(L, 1);                              /* [] */
 }
 
 /* Calls the row's guard; an error counts as "no". */
@@ -349,7 +353,7 @@ static int guard_passes(const cm_machine_t *m, lua_State *L, const cm_machine_ro
 {
     const cm_machine_fn_t *guard = &m->guards[row->guard];
     luaL_checkstack(L, 3, "machine guard");
-    lua_rawgeti(L, LUA_REGISTRYINDEX, guard->ref);    /* [guard] */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, guard->ref);     /* [guard] */
     lua_rawgeti(L, LUA_REGISTRYINDEX, m->context_ref); /* [guard, ctx] */
     lua_pushvalue(L, payload);                         /* [guard, ctx, payload] */
     if (cm_pcall(L, 2, 1) != LUA_OK) {                 /* [err] */
@@ -426,7 +430,7 @@ static void enqueue(cm_machine_t *m, lua_State *L, int event, int payload)
             m->qcap = cap;
         }
     }
-    lua_pushvalue(L, payload); /* [payload] */
+    lua_pushvalue(L, payload);                /* [payload] */
     int ref = luaL_ref(L, LUA_REGISTRYINDEX); /* [] */
     m->queue[m->qhead + m->qlen] = (cm_machine_pending_t){.event = event, .payload_ref = ref};
     m->qlen++;

@@ -97,8 +97,8 @@ static void push_fake_actions(lua_State *L, int def, int calls)
     int nrows = lua_istable(L, -1) ? (int)lua_rawlen(L, -1) : 0;
     for (int i = 1; i <= nrows; i++) {
         luaL_checkstack(L, 6, NULL);
-        if (lua_rawgeti(L, actions + 1, i) == LUA_TTABLE &&   /* [actions, rows, row] */
-            lua_getfield(L, -1, "actions") == LUA_TTABLE) {   /* [actions, rows, row, names] */
+        if (lua_rawgeti(L, actions + 1, i) == LUA_TTABLE && /* [actions, rows, row] */
+            lua_getfield(L, -1, "actions") == LUA_TTABLE) { /* [actions, rows, row, names] */
             int nnames = (int)lua_rawlen(L, -1);
             for (int j = 1; j <= nnames; j++) {
                 if (lua_rawgeti(L, -1, j) == LUA_TSTRING) { /* [.., names, name] */
@@ -145,7 +145,7 @@ static const char *push_joined(lua_State *L, int idx)
     int n = lua_istable(L, idx) ? (int)lua_rawlen(L, idx) : 0;
     for (int i = 1; i <= n; i++) {
         if (i > 1) luaL_addstring(&b, ", ");
-        lua_rawgeti(L, idx, i);  /* [.., item] */
+        lua_rawgeti(L, idx, i);      /* [.., item] */
         luaL_tolstring(L, -1, NULL); /* [.., item, text] */
         lua_remove(L, -2);           /* [.., text] */
         luaL_addvalue(&b);
@@ -158,9 +158,11 @@ static const char *push_joined(lua_State *L, int idx)
 /* Pushes a readable form of what fire returned (the two values at r1, r2). */
 static const char *push_outcome(lua_State *L, int r1, int r2)
 {
-    if (lua_isnil(L, r1)) return lua_pushfstring(L, "refused (\"%s\")", luaL_tolstring(L, r2, NULL));
+    if (lua_isnil(L, r1))
+        return lua_pushfstring(L, "refused (\"%s\")", luaL_tolstring(L, r2, NULL));
     if (lua_isnil(L, r2)) return lua_pushfstring(L, "%s", luaL_tolstring(L, r1, NULL));
-    return lua_pushfstring(L, "%s to '%s'", luaL_tolstring(L, r1, NULL), luaL_tolstring(L, r2, NULL));
+    return lua_pushfstring(L, "%s to '%s'", luaL_tolstring(L, r1, NULL),
+                           luaL_tolstring(L, r2, NULL));
 }
 
 /* Calls method `name` of the object at `obj` with the `nargs` values on
@@ -168,10 +170,11 @@ static const char *push_outcome(lua_State *L, int r1, int r2)
 static void call_method(lua_State *L, int obj, const char *name, int nargs, int nresults)
 {
     luaL_checkstack(L, 2, NULL);
-    lua_getfield(L, obj, name); /* [args.., fn] */
-    lua_pushvalue(L, obj);      /* [args.., fn, obj] */
+    lua_getfield(L, obj, name);   /* [args.., fn] */
+    lua_pushvalue(L, obj);        /* [args.., fn, obj] */
     lua_rotate(L, -nargs - 2, 2); /* [fn, obj, args..] */
-    if (cm_pcall(L, nargs + 1, nresults) != LUA_OK) luaL_error(L, "%s: %s", name, lua_tostring(L, -1));
+    if (cm_pcall(L, nargs + 1, nresults) != LUA_OK)
+        luaL_error(L, "%s: %s", name, lua_tostring(L, -1));
 }
 
 /* ---- the survey -------------------------------------------------------- */
@@ -187,8 +190,9 @@ typedef struct survey {
 static int survey_body(lua_State *L)
 {
     survey_t *s = lua_touserdata(L, 1);
-    push_def_and_spec(L); /* [s, def, spec] */
-    lua_getfield(L, 3, "cases"); /* [s, def, spec, cases] */
+    luaL_checkstack(L, 20, "spec survey"); /* the loops check their own */
+    push_def_and_spec(L);                  /* [s, def, spec] */
+    lua_getfield(L, 3, "cases");           /* [s, def, spec, cases] */
     int ncase = (int)lua_rawlen(L, 4);
     s->names = calloc((size_t)(ncase > 0 ? ncase : 1), sizeof *s->names);
     if (s->names == NULL) return luaL_error(L, "out of memory");
@@ -202,9 +206,9 @@ static int survey_body(lua_State *L)
         enum { CASE = 7, STATE, EVENT, LABEL };
         if (lua_rawgeti(L, 4, i) != LUA_TTABLE) /* [.., names_seen, case] */
             return luaL_error(L, "%s: case %d is not a table", spec_path, i);
-        lua_getfield(L, CASE, "state"); /* [.., case, state] */
-        lua_getfield(L, CASE, "event"); /* [.., case, state, event] */
-        lua_getfield(L, CASE, "label"); /* [.., case, state, event, label] */
+        lua_getfield(L, CASE, "state");                     /* [.., case, state] */
+        lua_getfield(L, CASE, "event");                     /* [.., case, state, event] */
+        lua_getfield(L, CASE, "label");                     /* [.., case, state, event, label] */
         const char *state = luaL_tolstring(L, STATE, NULL); /* [.., label, state_s] */
         const char *event = luaL_tolstring(L, EVENT, NULL); /* [.., state_s, event_s] */
         const char *pair = lua_pushfstring(L, "%s+%s", state, event); /* [.., pair] */
@@ -225,15 +229,16 @@ static int survey_body(lua_State *L)
 
     /* The pairs come from the engine itself, so a state or an event added to
      * the table shows up here without touching this runner. */
-    lua_newtable(L); /* [.., names_seen, calls] */
-    lua_getglobal(L, "cm");       /* [.., calls, cm] */
-    lua_getfield(L, -1, "machine"); /* [.., calls, cm, machine] */
-    lua_getfield(L, -1, "new");   /* [.., calls, cm, machine, new] */
-    lua_pushvalue(L, 2);          /* [.., new, def] */
-    push_fake_actions(L, 2, 7);   /* [.., new, def, actions] */
+    lua_newtable(L);                 /* [.., names_seen, calls] */
+    lua_getglobal(L, "cm");          /* [.., calls, cm] */
+    lua_getfield(L, -1, "machine");  /* [.., calls, cm, machine] */
+    lua_getfield(L, -1, "new");      /* [.., calls, cm, machine, new] */
+    lua_pushvalue(L, 2);             /* [.., new, def] */
+    push_fake_actions(L, 2, 7);      /* [.., new, def, actions] */
     if (cm_pcall(L, 2, 2) != LUA_OK) /* [.., calls, cm, machine, m, err] */
         return luaL_error(L, "cm.machine.new: %s", lua_tostring(L, -1));
-    if (lua_isnil(L, -2)) return luaL_error(L, "lua/lifecycle.lua is invalid: %s", lua_tostring(L, -1));
+    if (lua_isnil(L, -2))
+        return luaL_error(L, "lua/lifecycle.lua is invalid: %s", lua_tostring(L, -1));
     lua_pop(L, 1); /* [.., calls, cm, machine, m] */
     int m = lua_gettop(L);
     call_method(L, m, "pairs", 0, 1); /* [.., m, pairs] */
@@ -241,9 +246,9 @@ static int survey_body(lua_State *L)
     int missing = 0;
     for (int i = 1; i <= npairs; i++) {
         luaL_checkstack(L, 4, NULL);
-        lua_rawgeti(L, -1, i);        /* [.., pairs, pair] */
-        lua_getfield(L, -1, "state"); /* [.., pairs, pair, state] */
-        lua_getfield(L, -2, "event"); /* [.., pairs, pair, state, event] */
+        lua_rawgeti(L, -1, i);          /* [.., pairs, pair] */
+        lua_getfield(L, -1, "state");   /* [.., pairs, pair, state] */
+        lua_getfield(L, -2, "event");   /* [.., pairs, pair, state, event] */
         lua_getfield(L, -3, "outcome"); /* [.., pair, state, event, outcome] */
         const char *key = lua_pushfstring(L, "%s+%s", lua_tostring(L, -3), lua_tostring(L, -2));
         if (lua_getfield(L, 5, key) == LUA_TNIL) { /* [.., key, covered?] */
@@ -296,6 +301,8 @@ static int case_body(lua_State *L)
     const spec_case_t *c = lua_touserdata(L, 1);
     findings_t *f = lua_touserdata(L, 2);
     lua_settop(L, 0);
+    /* Everything below stays on the stack until the end: about 30 slots. */
+    luaL_checkstack(L, 40, "spec case");
     push_def_and_spec(L);        /* [def, spec] */
     lua_getfield(L, 2, "cases"); /* [def, spec, cases] */
     lua_rawgeti(L, 3, c->index); /* [def, spec, cases, case] */
@@ -306,11 +313,12 @@ static int case_body(lua_State *L)
     lua_newtable(L); /* [.., errors, hooks] */
 
     /* Reported errors (a guard or an action that raised) fail the case. */
-    lua_getglobal(L, "cm");                  /* [.., hooks, cm] */
+    lua_getglobal(L, "cm");                   /* [.., hooks, cm] */
     lua_getfield(L, -1, "set_error_handler"); /* [.., hooks, cm, set] */
     lua_pushvalue(L, ERRORS);
     lua_pushcclosure(L, record_error, 1); /* [.., hooks, cm, set, handler] */
-    if (cm_pcall(L, 1, 0) != LUA_OK) return luaL_error(L, "set_error_handler: %s", lua_tostring(L, -1));
+    if (cm_pcall(L, 1, 0) != LUA_OK)
+        return luaL_error(L, "set_error_handler: %s", lua_tostring(L, -1));
     lua_pop(L, 1); /* [.., hooks] */
 
     /* ctx: the spec's context, then the case's fields over it. */
@@ -321,11 +329,11 @@ static int case_body(lua_State *L)
         else
             lua_getfield(L, CASE, "ctx");
         if (lua_istable(L, -1)) {
-            lua_pushnil(L); /* [.., ctx, src, nil] */
+            lua_pushnil(L);           /* [.., ctx, src, nil] */
             while (lua_next(L, -2)) { /* [.., ctx, src, key, value] */
-                lua_pushvalue(L, -2);  /* [.., src, key, value, key] */
-                lua_insert(L, -2);     /* [.., src, key, key, value] */
-                lua_rawset(L, CTX);    /* [.., ctx, src, key] */
+                lua_pushvalue(L, -2); /* [.., src, key, value, key] */
+                lua_insert(L, -2);    /* [.., src, key, key, value] */
+                lua_rawset(L, CTX);   /* [.., ctx, src, key] */
             }
         }
         lua_pop(L, 1); /* [.., ctx] */
@@ -335,10 +343,10 @@ static int case_body(lua_State *L)
     lua_getfield(L, -1, "machine"); /* [.., ctx, cm, machine] */
     lua_getfield(L, -1, "new");     /* [.., ctx, cm, machine, new] */
     lua_remove(L, -2);
-    lua_remove(L, -2);              /* [.., ctx, new] */
-    lua_pushvalue(L, DEF);          /* [.., new, def] */
+    lua_remove(L, -2);                /* [.., ctx, new] */
+    lua_pushvalue(L, DEF);            /* [.., new, def] */
     push_fake_actions(L, DEF, CALLS); /* [.., new, def, actions] */
-    lua_createtable(L, 0, 3);       /* [.., new, def, actions, opts] */
+    lua_createtable(L, 0, 3);         /* [.., new, def, actions, opts] */
     lua_getfield(L, CASE, "state");
     lua_setfield(L, -2, "initial");
     lua_pushvalue(L, CTX);
@@ -358,9 +366,9 @@ static int case_body(lua_State *L)
     lua_getfield(L, CASE, "payload"); /* [.., m, event, payload] */
     call_method(L, M, "fire", 2, 2);  /* [.., m, r1, r2] */
 
-    lua_getfield(L, CASE, "state"); /* [.., r2, from] */
-    lua_getfield(L, CASE, "expect"); /* [.., r2, from, expect] */
-    lua_getfield(L, CASE, "to");     /* [.., r2, from, expect, to] */
+    lua_getfield(L, CASE, "state");   /* [.., r2, from] */
+    lua_getfield(L, CASE, "expect");  /* [.., r2, from, expect] */
+    lua_getfield(L, CASE, "to");      /* [.., r2, from, expect, to] */
     call_method(L, M, "state", 0, 1); /* [.., from, expect, to, now] */
     const char *from = lua_tostring(L, -4), *expect = lua_tostring(L, -3);
     const char *to = lua_tostring(L, -2), *now = lua_tostring(L, -1);
@@ -371,8 +379,8 @@ static int case_body(lua_State *L)
     const char *end_state = from, *want_hooks = "{}";
     if (strcmp(expect, "transition") == 0) {
         if (to == NULL) note(f, "the case has no 'to'\n");
-        if (!lua_isstring(L, R1) || strcmp(lua_tostring(L, R1), "transition") != 0 ||
-            to == NULL || !lua_isstring(L, R2) || strcmp(lua_tostring(L, R2), to) != 0)
+        if (!lua_isstring(L, R1) || strcmp(lua_tostring(L, R1), "transition") != 0 || to == NULL ||
+            !lua_isstring(L, R2) || strcmp(lua_tostring(L, R2), to) != 0)
             note(f, "fire: expected transition to '%s', got %s\n", to ? to : "?", got);
         end_state = to;
         lua_getfield(L, CASE, "event"); /* [.., event] */
@@ -425,9 +433,9 @@ static void run_case(void **state)
     spec_case_t *c = *state;
     lua_State *L = cm_runtime_lua(c->rt);
     findings_t f = {.len = 0};
-    lua_pushcfunction(L, case_body); /* [fn] */
-    lua_pushlightuserdata(L, c);     /* [fn, case] */
-    lua_pushlightuserdata(L, &f);    /* [fn, case, findings] */
+    lua_pushcfunction(L, case_body);   /* [fn] */
+    lua_pushlightuserdata(L, c);       /* [fn, case] */
+    lua_pushlightuserdata(L, &f);      /* [fn, case, findings] */
     if (cm_pcall(L, 2, 0) != LUA_OK) { /* [] or [err] */
         note(&f, "%s\n", lua_tostring(L, -1));
         lua_pop(L, 1);
@@ -460,7 +468,8 @@ int main(void)
                                            .initial_state = &cases[i]};
     int failed = _cmocka_run_group_tests("lifecycle_spec", tests, (size_t)ncases + 1, NULL, NULL);
 
-    for (int i = 0; i < ncases; i++) free(cases[i].name);
+    for (int i = 0; i < ncases; i++)
+        free(cases[i].name);
     free(cases);
     free(tests);
     free(survey_problem);

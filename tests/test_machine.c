@@ -15,6 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The Lua chunks below are laid out one C string per Lua line, which
+ * clang-format would re-split mid-expression. */
+/* clang-format off */
+
 /* Helpers every chunk starts with.
  * def(patch): a fresh two-state definition, with patch(d) applied.
  * new(d, opts): cm.machine.new with the recording actions a, b, c, boom.
@@ -49,7 +53,8 @@ static const char prelude[] =
     "end\n"
     "local function eq(got, want, what)\n"
     "  if got ~= want then\n"
-    "    error(('%s: expected %s, got %s'):format(what or 'value', tostring(want), tostring(got)), 2)\n"
+    "    local text = ('%s: expected %s, got %s')\n"
+    "    error(text:format(what or 'value', tostring(want), tostring(got)), 2)\n"
     "  end\n"
     "end\n"
     "local function rejects(d, msg)\n"
@@ -148,7 +153,9 @@ static void pairs_and_rows_describe_the_table(void **state)
             "local p = m:pairs()\n"
             "eq(#p, 4, 'states x events')\n"
             "local got = {}\n"
-            "for _, x in ipairs(p) do got[#got + 1] = x.state .. '+' .. x.event .. '=' .. x.outcome end\n"
+            "for _, x in ipairs(p) do\n"
+            "  got[#got + 1] = x.state .. '+' .. x.event .. '=' .. x.outcome\n"
+            "end\n"
             "eq(list(got), '{off+flip=transition, off+poke=refused, on+flip=transition, "
             "on+poke=ignored}', 'pairs')\n"
             "local rows = m:rows()\n"
@@ -168,7 +175,8 @@ static void guards_are_tried_in_order(void **state)
             "end\n"
             "local d = def(function(d)\n"
             "  d.states[3] = 'third'\n"
-            "  d.guards = { g1 = guard('g1', false), g2 = guard('g2', 1), g3 = guard('g3', true) }\n"
+            "  d.guards = { g1 = guard('g1', false), g2 = guard('g2', 1),\n"
+            "               g3 = guard('g3', true) }\n"
             "  d.transitions = {\n"
             "    { from = 'off', event = 'flip', guard = 'g1', to = 'on', actions = { 'a' } },\n"
             "    { from = 'off', event = 'flip', guard = 'g2', to = 'third', actions = { 'b' } },\n"
@@ -184,8 +192,10 @@ static void guards_are_tried_in_order(void **state)
             "eq(list(calls), '{b}', 'only the winner acts')\n"
             "local m2 = new(def(function(x)\n"
             "  x.guards = { n1 = function() return false end, n2 = function() return nil end }\n"
-            "  table.insert(x.transitions, 1, { from = 'off', event = 'flip', guard = 'n1', to = 'off' })\n"
-            "  table.insert(x.transitions, 2, { from = 'off', event = 'flip', guard = 'n2', to = 'off' })\n"
+            "  table.insert(x.transitions, 1,\n"
+            "    { from = 'off', event = 'flip', guard = 'n1', to = 'off' })\n"
+            "  table.insert(x.transitions, 2,\n"
+            "    { from = 'off', event = 'flip', guard = 'n2', to = 'off' })\n"
             "end))\n"
             "local _, to2 = m2:fire('flip')\n"
             "eq(to2, 'on', 'the unguarded last row when every guard fails')\n");
@@ -213,7 +223,8 @@ static void raising_action_does_not_stop_later_actions(void **state)
     (void)state;
     run_lua("local errs = collect_errors()\n"
             "local hooked = 0\n"
-            "local m = new(def(function(d) d.transitions[1].actions = { 'a', 'boom', 'b', 'c' } end),\n"
+            "local d = def(function(d) d.transitions[1].actions = { 'a', 'boom', 'b', 'c' } end)\n"
+            "local m = new(d,\n"
             "  { on_transition = function() hooked = hooked + 1 end })\n"
             "local r, to = m:fire('flip')\n"
             "eq(r, 'transition'); eq(to, 'on'); eq(m:state(), 'on', 'state')\n"
@@ -277,13 +288,17 @@ static void events_from_guards_and_hooks_are_queued_in_order(void **state)
             "local log = {}\n"
             "local d = def(function(d)\n"
             "  d.guards.noisy = function() m:fire('poke', { n = 1 }); return false end\n"
-            "  table.insert(d.transitions, 1, { from = 'off', event = 'flip', guard = 'noisy', to = 'off' })\n"
-            "  table.insert(d.transitions, { from = 'on', event = 'poke', to = 'on', actions = { 'c' } })\n"
+            "  table.insert(d.transitions, 1,\n"
+            "    { from = 'off', event = 'flip', guard = 'noisy', to = 'off' })\n"
+            "  table.insert(d.transitions,\n"
+            "    { from = 'on', event = 'poke', to = 'on', actions = { 'c' } })\n"
             "  table.remove(d.transitions, 4)\n"
             "end)\n"
             "m = new(d, { on_transition = function(from, event, to, p)\n"
             "  log[#log + 1] = event .. (p.n or '')\n"
-            "  if #log == 1 then eq(m:fire('flip', { n = 2 }), 'queued', 'fire from the hook') end\n"
+            "  if #log == 1 then\n"
+            "    eq(m:fire('flip', { n = 2 }), 'queued', 'fire from the hook')\n"
+            "  end\n"
             "end })\n"
             "m:fire('flip')\n"
             "eq(list(log), '{flip, poke1, flip2}', 'the queue is first in, first out')\n"
@@ -342,7 +357,8 @@ static void rejects_unknown_guards_and_actions(void **state)
             "actions.notfn = 42\n"
             "rejects(def(function(d) d.transitions[2].actions = { 'notfn' } end),\n"
             "  \"transition 2: action 'notfn' is not a function\")\n"
-            "rejects(def(function(d) d.guards.yes = 'yes' end), \"guard 'yes' is not a function\")\n");
+            "rejects(def(function(d) d.guards.yes = 'yes' end),\n"
+            "  \"guard 'yes' is not a function\")\n");
 }
 
 static void rejects_badly_ordered_guards(void **state)
@@ -369,8 +385,9 @@ static void rejects_an_unreachable_state(void **state)
     (void)state;
     run_lua("rejects(def(function(d) table.insert(d.states, 'failed') end),\n"
             "  \"state 'failed' is unreachable\")\n"
-            "rejects(def(function(d) d.transitions[1] = { from = 'off', event = 'flip', ignore = true }\n"
-            "  end), \"state 'on' is unreachable\")\n"
+            "rejects(def(function(d)\n"
+            "  d.transitions[1] = { from = 'off', event = 'flip', ignore = true }\n"
+            "end), \"state 'on' is unreachable\")\n"
             "-- A state reachable only through an ignore row is still unreachable,\n"
             "-- and reachability is judged from def.initial, not opts.initial.\n"
             "local d = def(function(d) d.initial = 'on' end)\n"
@@ -381,13 +398,16 @@ static void rejects_an_unreachable_state(void **state)
 static void rejects_malformed_definitions(void **state)
 {
     (void)state;
-    run_lua("rejects(def(function(d) d.states = 'off' end), 'def.states must be a list of state names')\n"
+    run_lua("rejects(def(function(d) d.states = 'off' end),\n"
+            "  'def.states must be a list of state names')\n"
             "rejects(def(function(d) d.events = {} end), 'def.events is empty')\n"
             "rejects(def(function(d) d.states[2] = 'off' end), \"state 'off' is listed twice\")\n"
             "rejects(def(function(d) d.initial = 'up' end), \"def.initial: unknown state 'up'\")\n"
-            "rejects(def(function(d) d.describe.offf = 'x' end), \"def.describe: unknown state 'offf'\")\n"
+            "rejects(def(function(d) d.describe.offf = 'x' end),\n"
+            "  \"def.describe: unknown state 'offf'\")\n"
             "rejects(def(function(d) d.transitions = {} end), 'def.transitions is empty')\n"
-            "rejects(def(function(d) d.transitions[2] = 'row' end), 'transition 2 is not a table')\n"
+            "rejects(def(function(d) d.transitions[2] = 'row' end),\n"
+            "  'transition 2 is not a table')\n"
             "local ok, err = pcall(cm.machine.new, 'def', actions)\n"
             "eq(ok, false, 'a definition that is not a table raises')\n"
             "ok = pcall(cm.machine.new, def(), actions, { on_transition = 1 })\n"
@@ -408,6 +428,8 @@ static void loads_the_real_lifecycle_table(void **state)
             "eq(select(2, m:fire('start')), 'starting')\n"
             "eq(list(calls), '{spawn_app, arm_start_timer, probe_ready}')\n");
 }
+
+/* clang-format on */
 
 int main(void)
 {
