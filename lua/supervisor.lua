@@ -205,6 +205,9 @@ local function describe_exit(payload)
     return ("exit code %d"):format(payload.code or -1)
 end
 
+local SIGNAL_NAMES = { [1] = "HUP", [2] = "INT", [3] = "QUIT", [6] = "ABRT", [9] = "KILL",
+                       [11] = "SEGV", [13] = "PIPE", [15] = "TERM" }
+
 function actions.record_exit(sv, payload)
     local ctx = sv.ctx
     ctx.last_exit = { code = payload.code, signal = payload.signal, text = describe_exit(payload),
@@ -311,7 +314,14 @@ function Supervisor:on_leader_exit(attempt, code, signal)
         ctx.restarts = 0
     end
     ctx.running_since = nil
-    if attempt == ctx.attempt then self.machine:fire("exited", { code = code, signal = signal }) end
+    -- cm.proc reports 128+N and the signal number; the machine wants a name
+    -- or nil ("exited cleanly" is code 0 and no signal).
+    local payload = { code = code }
+    if signal and signal ~= 0 then
+        payload.signal = SIGNAL_NAMES[signal] or tostring(signal)
+        payload.code = nil
+    end
+    if attempt == ctx.attempt then self.machine:fire("exited", payload) end
 end
 
 function Supervisor:on_transition(from, event, to)

@@ -6,11 +6,6 @@
 
 #include <lauxlib.h>
 
-/* TEMPORARY while the groups land one by one: a group whose file is not in
- * the build yet is skipped.  Removed once every group exists. */
-#pragma weak cm__open_json
-#pragma weak cm__open_config
-#pragma weak cm__open_gguf
 
 typedef struct group {
     const char *name;
