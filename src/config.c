@@ -224,7 +224,10 @@ static int check_string(const char *s, size_t n, size_t *i, diagnosis_t *d)
             j++;
             continue;
         }
-        if (j + 1 >= n) continue; /* reported as unterminated above */
+        if (j + 1 >= n) {
+            d->at_eof = 1;
+            return diagnosed(d, *i, "unterminated string");
+        }
         char e = s[j + 1];
         if (strchr("\"\\/bfnrt", e) != NULL && e != '\0') {
             j += 2;

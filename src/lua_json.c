@@ -226,21 +226,24 @@ static int convert_table(lua_State *L, to_json_t *c, int idx, int depth, cJSON *
     }
 
     /* Classify the keys: all strings (an object) or exactly 1..n (an array). */
-    lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
     size_t strings = 0, integers = 0, others = 0;
+    lua_Integer n = 0;              /* the largest positive integer key */
     lua_pushnil(L);                 /* [nil] */
     while (lua_next(L, idx) != 0) { /* [k, v] */
-        if (lua_type(L, -2) == LUA_TSTRING)
+        if (lua_type(L, -2) == LUA_TSTRING) {
             strings++;
-        else if (lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1 && lua_tointeger(L, -2) <= n)
+        } else if (lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1) {
             integers++;
-        else
+            if (lua_tointeger(L, -2) > n) n = lua_tointeger(L, -2);
+        } else {
             others++;
+        }
         lua_pop(L, 1); /* [k] */
     }
     if (others > 0 || (strings > 0 && integers > 0) || (forced_array && strings > 0))
         return conversion_error(c, "table mixes keys JSON cannot express (use only strings, or "
                                    "only 1..n)");
+    /* Distinct keys in 1..n, as many as n: exactly 1..n. */
     if (integers != (size_t)n) return conversion_error(c, "sparse array");
 
     if (forced_array || integers > 0) {

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -590,6 +591,7 @@ static void test_json_parse_and_print(void **state)
         {"{\"a\": \"abc", "1:7: invalid JSON: unterminated string (the input ends inside it)"},
         {"{} {}", "1:4: invalid JSON: unexpected text after the JSON value near '{}'"},
         {"[-]", "1:2: invalid JSON: invalid number near '-]'"},
+        {"[\"abc\\", "1:2: invalid JSON: unterminated string (the input ends inside it)"},
         {"\n\n  [1,\n   ,2]", "4:4: invalid JSON: expected a value near ',2]'"},
         {"[\"ééééééééééééééééééééé\" x]", "1:26: invalid JSON: missing ',' or ']' near 'x]'"},
         {"[0123456789012345678901234567890]", NULL}, /* cJSON accepts leading zeros: no error */
@@ -607,6 +609,57 @@ static void test_json_parse_and_print(void **state)
             fail();
         }
     }
+}
+
+static uint64_t next_random(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+/* Mangled texts never crash the parser or the error finder; whatever parses
+ * prints, and the print parses back to the same print. */
+static void test_mangled_json_never_crashes(void **state)
+{
+    (void)state;
+    static const char alphabet[] = "{}[]\",:\\ \n0123456789.eE+-tfnul'/#\x01\xC3\xA9";
+    size_t len = strlen(STYLED);
+    char *buf = malloc(len + 1);
+    uint64_t seed = 0x2545F4914F6CDD1Du;
+    int parsed = 0;
+    for (int round = 0; round < 3000; round++) {
+        memcpy(buf, STYLED, len + 1);
+        size_t n = len;
+        int edits = 1 + (int)(next_random(&seed) % 3);
+        for (int e = 0; e < edits && n > 0; e++) {
+            size_t at = (size_t)(next_random(&seed) % n);
+            if (next_random(&seed) % 5 == 0)
+                n = at; /* cut */
+            else
+                buf[at] = alphabet[next_random(&seed) % (sizeof(alphabet) - 1)];
+        }
+        char err[256] = "";
+        cJSON *node = cm_json_parse(buf, n, err, sizeof(err));
+        if (node == NULL) {
+            assert_true(strstr(err, "invalid JSON") != NULL);
+            continue;
+        }
+        parsed++;
+        char *once = cm_json_print(node, 1, NULL);
+        assert_non_null(once);
+        cJSON *again = cm_json_parse(once, strlen(once), err, sizeof(err));
+        assert_non_null(again);
+        char *twice = cm_json_print(again, 1, NULL);
+        assert_string_equal(once, twice);
+        free(once);
+        free(twice);
+        cJSON_Delete(again);
+        cJSON_Delete(node);
+    }
+    print_message("%d of 3000 mangled texts still parsed\n", parsed);
+    free(buf);
 }
 
 /* The repository's default config.json is in the printer's exact style and
@@ -685,6 +738,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_numbers_print_shortest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_json_parse_and_print, setup, teardown),
         cmocka_unit_test_setup_teardown(test_default_config_round_trips, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mangled_json_never_crashes, setup, teardown),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }
