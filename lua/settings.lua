@@ -117,14 +117,32 @@ function M.load(root)
     return s
 end
 
+local function is_object(t)
+    return type(t) == "table" and t[1] == nil and next(t) ~= nil
+end
+
+-- The file's object over the default one, key by key (a partial
+-- "restart": {"max_restarts": 2} keeps the other defaults).  Lists are
+-- values: a configured command replaces the default one whole.
+local function overlay(default, value)
+    if not is_object(default) or type(value) ~= "table" or value[1] ~= nil then return value end
+    local merged = {}
+    for k, v in pairs(default) do merged[k] = v end
+    for k, v in pairs(value) do
+        if v ~= cm.json.null then merged[k] = overlay(default[k], v) end
+    end
+    return merged
+end
+
 -- The value at a dotted key: the file's, else the default.  JSON null
 -- counts as absent.
 function M:get(key)
+    local default = default_of(key)
     if self.cfg then
         local v = self.cfg:get(key)
-        if v ~= nil and v ~= cm.json.null then return v end
+        if v ~= nil and v ~= cm.json.null then return overlay(default, v) end
     end
-    return default_of(key)
+    return default
 end
 
 function M:validate()

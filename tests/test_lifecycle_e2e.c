@@ -37,6 +37,15 @@ static inst_t *inst_new(const char *mode, const char *env_json, const char *mana
     in->port = cmt_free_port();
     char *app = cmt_fixture("fake-app");
     char *python = cmt_fixture("fake-python");
+    /* Defaults for the keys a test does not set itself (JSON objects may not
+     * repeat a key: the first one would win). */
+    const char *m = manager_json ? manager_json : "";
+    char defaults[512] = "";
+    if (strstr(m, "\"start_timeout\"") == NULL) strcat(defaults, "\"start_timeout\": 10, ");
+    if (strstr(m, "\"stop_timeout\"") == NULL) strcat(defaults, "\"stop_timeout\": 5, ");
+    if (strstr(m, "\"restart\"") == NULL)
+        strcat(defaults, "\"restart\": {\"policy\": \"on-failure\", \"max_restarts\": 5,"
+                         " \"backoff_initial\": 0.05, \"backoff_max\": 0.2, \"reset_after\": 30}, ");
     char cfg[4096];
     snprintf(cfg, sizeof cfg,
              "{\n"
@@ -47,14 +56,11 @@ static inst_t *inst_new(const char *mode, const char *env_json, const char *mana
              "  \"server\": {\"port\": %d},\n"
              "  \"manager\": {\n"
              "    \"app\": {\"command\": [\"%s\"], \"env\": {\"FAKE_APP_MODE\": \"%s\"%s%s}},\n"
-             "    \"health_path\": \"/health\",\n"
-             "    \"start_timeout\": 10, \"stop_timeout\": 5,\n"
-             "    \"restart\": {\"policy\": \"on-failure\", \"max_restarts\": 5,"
-             " \"backoff_initial\": 0.05, \"backoff_max\": 0.2, \"reset_after\": 30}%s%s\n"
+             "    %s\"health_path\": \"/health\"%s%s\n"
              "  }\n"
              "}\n",
              python, in->port, app, mode, env_json ? ", " : "", env_json ? env_json : "",
-             manager_json ? ", " : "", manager_json ? manager_json : "");
+             defaults, manager_json ? ", " : "", m);
     char *path = cmt_path(in->root, "config.json");
     cmt_write_file(path, cfg);
     free(path);
