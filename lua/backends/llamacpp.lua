@@ -154,8 +154,9 @@ function M.probe(settings, python, timeout_ms)
         local import_error = why:find("ModuleNotFoundError", 1, true) or why:find("ImportError", 1, true)
         -- Only a clean "not installed" is worth remembering; a crash may
         -- not happen next time.
-        answer = { ok = import_error and false or nil, error = why }
+        answer = { ok = nil, error = why }
         if not import_error then return answer, false end
+        answer.ok = false
     end
     cache_store(settings, python, sites, answer)
     return answer, false
