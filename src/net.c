@@ -17,6 +17,7 @@
 #include "runtime.h"
 
 #include <dirent.h>
+#include <limits.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -270,7 +271,7 @@ int cm_net_port_listening(int port)
  * or -EACCES when its fd directory is not ours to read. */
 static int process_holds(const char *pid, const unsigned long *inodes, int n)
 {
-    char dir_path[64];
+    char dir_path[sizeof "/proc//fd" + NAME_MAX];
     snprintf(dir_path, sizeof dir_path, "/proc/%s/fd", pid);
     DIR *dir = opendir(dir_path);
     if (dir == NULL) return errno == EACCES || errno == EPERM ? -EACCES : 0;
@@ -278,9 +279,8 @@ static int process_holds(const char *pid, const unsigned long *inodes, int n)
     struct dirent *de;
     while (!found && (de = readdir(dir)) != NULL) {
         if (de->d_name[0] == '.') continue;
-        char link_path[320], target[64];
-        snprintf(link_path, sizeof link_path, "%s/%s", dir_path, de->d_name);
-        ssize_t len = readlink(link_path, target, sizeof target - 1);
+        char target[64];
+        ssize_t len = readlinkat(dirfd(dir), de->d_name, target, sizeof target - 1);
         if (len <= 0) continue;
         target[len] = '\0';
         unsigned long inode;
