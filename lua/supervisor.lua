@@ -352,6 +352,9 @@ end
 function Supervisor:finish_when_group_gone()
     local sv = self
     cm.task.spawn(function()
+        -- Called from an action: let the transition finish (and be logged)
+        -- before anything below fires the next event or ends the process.
+        cm.time.sleep(0)
         local pgid = sv.ctx.pid or sv.ctx.last_pgid
         if pgid then cm.proc.wait_group(pgid, 5000) end
         local state = sv.machine:state()
