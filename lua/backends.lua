@@ -98,9 +98,12 @@ local function split_arg(root_or_settings, settings)
 end
 
 -- Backend names in preference order: those listed in backend.order (when
--- the config gives it) first, in that order, then the rest by name.
+-- the config gives it) first, in that order, then the rest by name.  Without
+-- settings the root's config is read for backend.order (a broken config
+-- just means no order).
 function M.names(root, settings)
     root, settings = split_arg(root, settings)
+    if settings == nil and root ~= nil then settings = require("settings").load(root) end
     local mods = load_all(root)
     local names, seen = {}, {}
     local order = settings and settings:get("backend.order")

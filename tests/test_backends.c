@@ -601,7 +601,8 @@ static void test_backend_order(void **state)
         "local names = table.concat(backends.names(root, s), ',')\n"
         "expect(names == 'zeta,ollama,llamacpp', 'order:', names)\n"
         "expect(table.concat(backends.names(s), ',') == names, 'names(settings)')\n"
-        "expect(table.concat(backends.names(root), ',') == 'llamacpp,ollama,zeta', 'no config order')\n";
+        "expect(table.concat(backends.names(root), ',') == names, 'names(root) reads the order')\n"
+        "expect(table.concat(backends.names(nil), ',') == 'llamacpp,ollama', 'no root: built-ins only')\n";
     setenv("CMT_ROOT", f->root, 1);
     assert_int_equal(cmt_lua(order), 0);
 }
