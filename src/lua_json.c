@@ -156,7 +156,10 @@ typedef struct to_json {
 
 static int conversion_error(to_json_t *c, const char *what)
 {
-    if (c->where[0] != '\0')
+    size_t len = strlen(c->where);
+    if (len > 80) /* deep paths: the end says where */
+        snprintf(c->err, c->errlen, "%s at ...%s", what, c->where + len - 80);
+    else if (len > 0)
         snprintf(c->err, c->errlen, "%s at %s", what, c->where);
     else
         snprintf(c->err, c->errlen, "%s", what);
