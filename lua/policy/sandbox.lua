@@ -49,7 +49,6 @@ local function environment(state)
         os = { time = os.time, clock = os.clock },
         pairs = pairs, ipairs = ipairs, next = next, select = select, type = type,
         tostring = tostring, tonumber = tonumber, error = error, assert = assert,
-        rawequal = rawequal, rawlen = rawlen,
     }
     env.pcall = function(f, ...)
         local results = table.pack(pcall(f, ...))
