@@ -1,0 +1,388 @@
+/*
+ * The supervisor's own behaviour with real processes: signals (HUP restarts
+ * the app, USR1 checks the backends now), the backend health loop and its
+ * fallback switch, log retention, and force-stop's reach (marked processes
+ * only, never a foreign one).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "cmtest.h"
+
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef struct world {
+    char *root;
+    int port;
+    pid_t ollama; /* the fake Ollama's process group, 0 when not running */
+    int ollama_port;
+} world_t;
+
+static const char *const env_llama_ok[] = {"FAKE_PYTHON_LLAMA=present", NULL};
+
+static void start_ollama(world_t *w)
+{
+    char *http = cmt_fixture("fake-http");
+    char *pf = cmt_path(w->root, "ollama.port");
+    unlink(pf);
+    char port[16];
+    snprintf(port, sizeof port, "%d", w->ollama_port);
+    const char *argv[] = {http, "--port", port, "--mode", "ollama", "--port-file", pf, NULL};
+    w->ollama = cmt_spawn(argv, NULL, NULL);
+    assert_int_equal(cmt_wait_file(pf, 5000), 0);
+    free(pf);
+    free(http);
+}
+
+/* A root with the fixture app, a healthy fake Ollama (active) and a healthy
+ * llama.cpp (fake interpreter + one valid GGUF model). */
+static world_t *world_new(const char *interval, const char *extra_manager)
+{
+    world_t *w = calloc(1, sizeof *w);
+    w->root = cmt_tempdir();
+    w->port = cmt_free_port();
+    w->ollama_port = cmt_free_port();
+    start_ollama(w);
+    char *models = cmt_path(w->root, "models");
+    mkdir(models, 0755);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "cp %s/gguf/valid-v3.gguf %s/", cmt_env("CM_FIXTURES"), models);
+    assert_int_equal(system(cmd), 0);
+    free(models);
+    char *app = cmt_fixture("fake-app");
+    char *python = cmt_fixture("fake-python");
+    char cfg[4096];
+    snprintf(cfg, sizeof cfg,
+             "{\n"
+             "  \"backend\": {\n"
+             "    \"active\": \"ollama\",\n"
+             "    \"auto_fallback\": true,\n"
+             "    \"health_check_interval\": %s\n"
+             "  },\n"
+             "  \"ollama\": {\n"
+             "    \"base_url\": \"http://127.0.0.1:%d\"\n"
+             "  },\n"
+             "  \"llamacpp\": {\n"
+             "    \"model_path\": \"./models\",\n"
+             "    \"python\": \"%s\"\n"
+             "  },\n"
+             "  \"server\": {\n"
+             "    \"port\": %d\n"
+             "  },\n"
+             "  \"manager\": {\n"
+             "    \"app\": {\n"
+             "      \"command\": [\n"
+             "        \"%s\"\n"
+             "      ]\n"
+             "    },\n"
+             "    \"health_path\": \"/health\",\n"
+             "    \"health_timeout\": 1,\n"
+             "    \"fallback_after\": 2%s\n"
+             "  }\n"
+             "}\n",
+             interval, w->ollama_port, python, w->port, app, extra_manager ? extra_manager : "");
+    char *path = cmt_path(w->root, "config.json");
+    cmt_write_file(path, cfg);
+    free(path);
+    free(app);
+    free(python);
+    return w;
+}
+
+static void world_free(world_t *w)
+{
+    cmt_result_t r = cmt_cm(w->root, NULL, 30000, "force-stop", NULL);
+    cmt_result_free(&r);
+    if (w->ollama > 0) cmt_kill_group(w->ollama);
+    cmt_rmtree(w->root);
+    free(w->root);
+    free(w);
+}
+
+/* GET /health from the app; returns the body (malloc'd) or NULL. */
+static char *app_health(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct timeval tv = {2, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return NULL;
+    }
+    const char *req = "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    if (write(fd, req, strlen(req)) < 0) {
+        close(fd);
+        return NULL;
+    }
+    char *buf = calloc(1, 8192);
+    size_t n = 0;
+    ssize_t got;
+    while (n < 8191 && (got = read(fd, buf + n, 8191 - n)) > 0) n += (size_t)got;
+    close(fd);
+    return buf;
+}
+
+static int app_backend_is(int port, const char *backend)
+{
+    char *body = app_health(port);
+    char want[64];
+    snprintf(want, sizeof want, "\"backend\":\"%s\"", backend);
+    int ok = body != NULL && strstr(body, want) != NULL;
+    free(body);
+    return ok;
+}
+
+static int wait_backend(int port, const char *backend, int timeout_ms)
+{
+    double t0 = cmt_now_ms();
+    while (cmt_now_ms() - t0 < timeout_ms) {
+        if (app_backend_is(port, backend)) return 0;
+        usleep(20000);
+    }
+    return -1;
+}
+
+static int count_in_logs(const char *root, const char *needle)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "cat %s/logs/*.log | grep -c '%s'", root, needle);
+    FILE *p = popen(cmd, "r");
+    int n = 0;
+    if (p) {
+        if (fscanf(p, "%d", &n) != 1) n = 0;
+        pclose(p);
+    }
+    return n;
+}
+
+/* Alive and not a zombie (a killed app waits for init to reap it). */
+static int pid_alive(int pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *paren = strrchr(buf, ')');
+    return paren != NULL && paren[2] != 'Z';
+}
+
+static int wait_dead(int pid, int timeout_ms)
+{
+    double t0 = cmt_now_ms();
+    while (cmt_now_ms() - t0 < timeout_ms) {
+        if (!pid_alive(pid)) return 1;
+        usleep(5000);
+    }
+    return 0;
+}
+
+static int read_int_file(const char *root, const char *rel)
+{
+    char *path = cmt_path(root, rel);
+    char *text = cmt_read_file(path, NULL);
+    free(path);
+    int v = text ? atoi(text) : -1;
+    free(text);
+    return v;
+}
+
+static int state_pid(const char *root)
+{
+    char *path = cmt_path(root, "run/state.json");
+    char *text = cmt_read_file(path, NULL);
+    free(path);
+    cJSON *j = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    cJSON *pid = cJSON_GetObjectItemCaseSensitive(j, "pid");
+    int v = cJSON_IsNumber(pid) ? pid->valueint : -1;
+    cJSON_Delete(j);
+    return v;
+}
+
+/* Acceptance of the backends issue: with the supervisor running, stopping
+ * the fake Ollama while a healthy llama.cpp is available switches the active
+ * backend and restarts the app, which then reports the new backend; exactly
+ * once. */
+static void dead_ollama_falls_back_to_llamacpp_once(void **state)
+{
+    (void)state;
+    world_t *w = world_new("0.2", NULL);
+    char *cfg_path = cmt_path(w->root, "config.json");
+    char *before = cmt_read_file(cfg_path, NULL);
+    cmt_result_t r = cmt_cm(w->root, env_llama_ok, 30000, "start", NULL);
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+    assert_true(app_backend_is(w->port, "ollama"));
+    int pid_before = state_pid(w->root);
+
+    cmt_kill_group(w->ollama);
+    w->ollama = 0;
+    assert_int_equal(wait_backend(w->port, "llamacpp", 15000), 0);
+    /* Several more health intervals: no second switch, no flapping. */
+    usleep(1500 * 1000);
+    assert_int_equal(count_in_logs(w->root, "backend switched from"), 1);
+    assert_true(app_backend_is(w->port, "llamacpp"));
+    assert_int_not_equal(state_pid(w->root), pid_before);
+
+    /* The switch changed backend.active and nothing else. */
+    char *after = cmt_read_file(cfg_path, NULL);
+    char *expected = malloc(strlen(before) + 16); /* "llamacpp" is longer */
+    strcpy(expected, before);
+    char *at = strstr(expected, "\"active\": \"ollama\"");
+    assert_non_null(at);
+    memmove(at + strlen("\"active\": \"llamacpp\""), at + strlen("\"active\": \"ollama\""),
+            strlen(at + strlen("\"active\": \"ollama\"")) + 1);
+    memcpy(at, "\"active\": \"llamacpp\"", strlen("\"active\": \"llamacpp\""));
+    assert_string_equal(after, expected);
+    free(expected);
+    free(after);
+    free(before);
+    free(cfg_path);
+    world_free(w);
+}
+
+/* USR1 checks the backends at once: with an hour-long interval, two USR1
+ * (fallback_after = 2) are what makes it switch. */
+static void usr1_checks_backends_now(void **state)
+{
+    (void)state;
+    world_t *w = world_new("3600", NULL);
+    cmt_result_t r = cmt_cm(w->root, env_llama_ok, 30000, "start", NULL);
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+    int sup = read_int_file(w->root, "run/supervisor.pid");
+    assert_true(sup > 1);
+    cmt_kill_group(w->ollama);
+    w->ollama = 0;
+    assert_int_equal(kill(sup, SIGUSR1), 0);
+    double t0 = cmt_now_ms();
+    while (count_in_logs(w->root, "unhealthy (1 in a row)") < 1 && cmt_now_ms() - t0 < 5000) usleep(10000);
+    assert_true(app_backend_is(w->port, "ollama")); /* one failure: hysteresis keeps it */
+    assert_int_equal(kill(sup, SIGUSR1), 0);
+    assert_int_equal(wait_backend(w->port, "llamacpp", 10000), 0);
+    world_free(w);
+}
+
+/* HUP restarts the app under the same supervisor. */
+static void hup_restarts_the_app(void **state)
+{
+    (void)state;
+    world_t *w = world_new("3600", NULL);
+    cmt_result_t r = cmt_cm(w->root, env_llama_ok, 30000, "start", NULL);
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+    int sup = read_int_file(w->root, "run/supervisor.pid");
+    int pid = state_pid(w->root);
+    assert_int_equal(kill(sup, SIGHUP), 0);
+    double t0 = cmt_now_ms();
+    int new_pid = pid;
+    while (cmt_now_ms() - t0 < 10000) {
+        new_pid = state_pid(w->root);
+        if (new_pid > 1 && new_pid != pid && app_backend_is(w->port, "ollama")) break;
+        usleep(10000);
+    }
+    assert_int_not_equal(new_pid, pid);
+    assert_int_equal(read_int_file(w->root, "run/supervisor.pid"), sup);
+    assert_true(wait_dead(pid, 5000));
+    world_free(w);
+}
+
+/* Only the newest manager.log_keep session logs are kept. */
+static void old_session_logs_are_pruned(void **state)
+{
+    (void)state;
+    world_t *w = world_new("3600", ", \"log_keep\": 3");
+    char *logs = cmt_path(w->root, "logs");
+    mkdir(logs, 0755);
+    const char *old[] = {"chat-o-llama_20240101_000000.log", "chat-o-llama_20240102_000000.log",
+                         "chat-o-llama_20240103_000000.log", "chat-o-llama_20240104_000000.log", NULL};
+    for (int i = 0; old[i]; i++) {
+        char *p = cmt_path(logs, old[i]);
+        cmt_write_file(p, "old\n");
+        free(p);
+    }
+    char *keep = cmt_path(logs, "notes.txt"); /* not a session log: never touched */
+    cmt_write_file(keep, "mine\n");
+    cmt_result_t r = cmt_cm(w->root, env_llama_ok, 30000, "start", NULL);
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+    int count = 0;
+    for (int i = 0; old[i]; i++) {
+        char *p = cmt_path(logs, old[i]);
+        count += access(p, F_OK) == 0;
+        free(p);
+    }
+    assert_int_equal(count, 2); /* the two newest old ones + the new one = 3 */
+    assert_int_equal(access(keep, F_OK), 0);
+    free(keep);
+    free(logs);
+    world_free(w);
+}
+
+/* force-stop kills what carries this root's marker (even outside the app's
+ * group) and names, but never touches, a foreign listener on the port. */
+static void force_stop_kills_only_marked_processes(void **state)
+{
+    (void)state;
+    world_t *w = world_new("3600", NULL);
+    cmt_result_t r = cmt_cm(w->root, env_llama_ok, 30000, "start", NULL);
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+    int app = state_pid(w->root);
+    char *state_path = cmt_path(w->root, "run/state.json");
+    char *text = cmt_read_file(state_path, NULL);
+    cJSON *j = cJSON_Parse(text);
+    char marker[128];
+    snprintf(marker, sizeof marker, "CHAT_MANAGER_INSTANCE=%s",
+             cJSON_GetObjectItemCaseSensitive(j, "instance")->valuestring);
+    cJSON_Delete(j);
+    free(text);
+    free(state_path);
+    /* A marked process in its own group (as if it escaped the app's group)
+     * and an unmarked one: only the first may die. */
+    const char *sleep_argv[] = {"/bin/sleep", "60", NULL};
+    const char *marked_env[] = {marker, NULL};
+    pid_t marked = cmt_spawn(sleep_argv, marked_env, NULL);
+    pid_t foreign = cmt_spawn(sleep_argv, NULL, NULL);
+    usleep(50000);
+    r = cmt_cm(w->root, NULL, 30000, "force-stop", NULL);
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+    int st;
+    double t0 = cmt_now_ms();
+    while (waitpid(marked, &st, WNOHANG) == 0 && cmt_now_ms() - t0 < 5000) usleep(5000);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    assert_int_equal(kill(foreign, 0), 0);
+    assert_true(wait_dead(app, 5000));
+    cmt_kill_group(foreign);
+    world_free(w);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(dead_ollama_falls_back_to_llamacpp_once),
+        cmocka_unit_test(usr1_checks_backends_now),
+        cmocka_unit_test(hup_restarts_the_app),
+        cmocka_unit_test(old_session_logs_are_pruned),
+        cmocka_unit_test(force_stop_kills_only_marked_processes),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
