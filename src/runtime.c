@@ -14,6 +14,7 @@
 #include "bundle.h"
 #include "cm_modules.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <lualib.h>
 #include <stdarg.h>
@@ -584,8 +585,9 @@ static int bundle_loader(lua_State *L)
     return 1;
 }
 
-/* cm.modules(prefix) -> sorted names of embedded modules starting with
- * prefix (and of .lua files in the matching override folder). */
+/* cm.modules(prefix) -> set {name = true} of the embedded modules whose
+ * name starts with prefix ("commands."), plus the .lua files of the matching
+ * folder under CHAT_MANAGER_LUA_DIR, so a new script needs no rebuild. */
 static int l_modules(lua_State *L)
 {
     size_t plen;
@@ -597,6 +599,30 @@ static int l_modules(lua_State *L)
             lua_setfield(L, -2, cm_bundle[i].module);
         }
     }
+    const char *dir = getenv("CHAT_MANAGER_LUA_DIR");
+    if (dir == NULL || dir[0] == '\0' || plen == 0 || prefix[plen - 1] != '.') return 1;
+    luaL_Buffer b; /* the folder: "commands." -> "<dir>/commands" */
+    luaL_buffinit(L, &b);
+    luaL_addstring(&b, dir);
+    luaL_addchar(&b, '/');
+    for (size_t i = 0; i + 1 < plen; i++) luaL_addchar(&b, prefix[i] == '.' ? '/' : prefix[i]);
+    luaL_pushresult(&b); /* [prefix, set, folder] */
+    DIR *d = opendir(lua_tostring(L, -1));
+    lua_pop(L, 1);
+    if (d == NULL) return 1;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        size_t n = strlen(e->d_name);
+        if (n <= 4 || strcmp(e->d_name + n - 4, ".lua") != 0) continue;
+        lua_pushfstring(L, "%s%s", prefix, e->d_name); /* [prefix, set, "commands.x.lua"] */
+        size_t len;
+        const char *name = lua_tolstring(L, -1, &len);
+        lua_pushlstring(L, name, len - 4);
+        lua_pushboolean(L, 1);
+        lua_settable(L, -4); /* set[name] = true */
+        lua_pop(L, 1);
+    }
+    closedir(d);
     return 1;
 }
 
