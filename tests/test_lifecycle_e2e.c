@@ -117,30 +117,6 @@ static int wait_state(inst_t *in, const char *want, int timeout_ms)
     return -1;
 }
 
-static int pid_alive(int pid)
-{
-    if (pid <= 1) return 0;
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL) return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    char *close_paren = strrchr(buf, ')');
-    return close_paren != NULL && close_paren[2] != 'Z';
-}
-
-static int wait_dead(int pid, int timeout_ms)
-{
-    double t0 = cmt_now_ms();
-    while (cmt_now_ms() - t0 < timeout_ms) {
-        if (!pid_alive(pid)) return 1;
-        usleep(5000);
-    }
-    return 0;
-}
-
 static int supervisor_lock_held(inst_t *in)
 {
     char *path = cmt_path(in->root, "run/lock");
@@ -191,7 +167,7 @@ static void instant_app_runs_and_stops(void **state)
     assert_non_null(strstr(r.out, "started successfully"));
     cmt_result_free(&r);
     int pid = wait_state(in, "running", 1000);
-    assert_true(pid_alive(pid));
+    assert_true(cmt_pid_alive(pid));
     assert_int_equal(cmt_wait_port(in->port, 100), 0);
 
     r = cm_cmd(in, "status", NULL);
@@ -203,7 +179,7 @@ static void instant_app_runs_and_stops(void **state)
     assert_int_equal(r.code, 0);
     assert_non_null(strstr(r.out, "stopped"));
     cmt_result_free(&r);
-    assert_false(pid_alive(pid));
+    assert_false(cmt_pid_alive(pid));
     assert_false(supervisor_lock_held(in));
     char *pidfile = cmt_path(in->root, "process.pid");
     assert_int_equal(access(pidfile, F_OK), -1);
@@ -263,7 +239,7 @@ static void start_timeout_fails_and_kills_the_group(void **state)
     cmt_result_free(&r);
     int pid = logged_app_pid(in);
     assert_true(pid > 1);
-    assert_true(wait_dead(pid, 3000));
+    assert_true(cmt_wait_dead(pid, 3000));
     wait_state(in, "failed", 3000);
     inst_free(in);
 }
@@ -281,7 +257,7 @@ static void sigterm_ignorer_is_killed_after_stop_timeout(void **state)
     assert_true(r.ms >= 1000);
     assert_true(r.ms < 5000);
     cmt_result_free(&r);
-    assert_false(pid_alive(pid));
+    assert_false(cmt_pid_alive(pid));
     inst_free(in);
 }
 
@@ -300,11 +276,11 @@ static void grandchild_dies_with_the_app(void **state)
     char *text = cmt_read_file(gc_file, NULL);
     int gc = atoi(text);
     free(text);
-    assert_true(pid_alive(gc));
+    assert_true(cmt_pid_alive(gc));
     r = cm_cmd(in, "stop", NULL);
     assert_int_equal(r.code, 0);
     cmt_result_free(&r);
-    assert_false(pid_alive(gc));
+    assert_false(cmt_pid_alive(gc));
     inst_free(in);
     cmt_rmtree(dir);
     free(dir);
@@ -361,7 +337,7 @@ static void two_starts_at_once_give_one_app(void **state)
     }
     assert_int_equal(codes[0] + codes[1], 1); /* one 0, one 1 */
     int pid = wait_state(in, "running", 1000);
-    assert_true(pid_alive(pid));
+    assert_true(cmt_pid_alive(pid));
     inst_free(in);
 }
 
@@ -380,8 +356,8 @@ static void supervisor_killed_app_keeps_serving_and_stop_works(void **state)
     free(spf);
     assert_true(sup > 1);
     assert_int_equal(kill(sup, SIGKILL), 0);
-    assert_true(wait_dead(sup, 2000));
-    assert_true(pid_alive(pid));
+    assert_true(cmt_wait_dead(sup, 2000));
+    assert_true(cmt_pid_alive(pid));
     assert_int_equal(cmt_wait_port(in->port, 500), 0);
     r = cm_cmd(in, "status", NULL);
     assert_int_equal(r.code, 0);
@@ -390,7 +366,7 @@ static void supervisor_killed_app_keeps_serving_and_stop_works(void **state)
     r = cm_cmd(in, "stop", NULL);
     assert_int_equal(r.code, 0);
     cmt_result_free(&r);
-    assert_false(pid_alive(pid));
+    assert_false(cmt_pid_alive(pid));
     inst_free(in);
 }
 
@@ -418,7 +394,7 @@ static void crash_while_running_comes_back_with_a_new_pid(void **state)
         usleep(10000);
     }
     assert_true(new_pid > 1);
-    assert_true(pid_alive(new_pid));
+    assert_true(cmt_pid_alive(new_pid));
     inst_free(in);
 }
 
@@ -535,7 +511,7 @@ static void run_in_the_foreground(void **state)
     while (waitpid(pid, &st, WNOHANG) == 0 && cmt_now_ms() - t0 < 10000) usleep(5000);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
-    assert_false(pid_alive(app));
+    assert_false(cmt_pid_alive(app));
     char *text = cmt_read_file(out, NULL);
     assert_non_null(strstr(text, "fake-app listening"));
     free(text);

@@ -169,30 +169,6 @@ static int count_in_logs(const char *root, const char *needle)
     return n;
 }
 
-/* Alive and not a zombie (a killed app waits for init to reap it). */
-static int pid_alive(int pid)
-{
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL) return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    char *paren = strrchr(buf, ')');
-    return paren != NULL && paren[2] != 'Z';
-}
-
-static int wait_dead(int pid, int timeout_ms)
-{
-    double t0 = cmt_now_ms();
-    while (cmt_now_ms() - t0 < timeout_ms) {
-        if (!pid_alive(pid)) return 1;
-        usleep(5000);
-    }
-    return 0;
-}
-
 static int read_int_file(const char *root, const char *rel)
 {
     char *path = cmt_path(root, rel);
@@ -300,7 +276,7 @@ static void hup_restarts_the_app(void **state)
     }
     assert_int_not_equal(new_pid, pid);
     assert_int_equal(read_int_file(w->root, "run/supervisor.pid"), sup);
-    assert_true(wait_dead(pid, 5000));
+    assert_true(cmt_wait_dead(pid, 5000));
     world_free(w);
 }
 
@@ -370,7 +346,7 @@ static void force_stop_kills_only_marked_processes(void **state)
     while (waitpid(marked, &st, WNOHANG) == 0 && cmt_now_ms() - t0 < 5000) usleep(5000);
     assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
     assert_int_equal(kill(foreign, 0), 0);
-    assert_true(wait_dead(app, 5000));
+    assert_true(cmt_wait_dead(app, 5000));
     cmt_kill_group(foreign);
     world_free(w);
 }

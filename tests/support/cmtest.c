@@ -345,3 +345,27 @@ int cmt_lua(const char *code)
     cm_runtime_free(rt);
     return rc;
 }
+
+int cmt_pid_alive(int pid)
+{
+    if (pid <= 1) return 0;
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *paren = strrchr(buf, ')'); /* the name may hold spaces and parens */
+    return paren != NULL && paren[1] == ' ' && paren[2] != 'Z';
+}
+
+int cmt_wait_dead(int pid, int timeout_ms)
+{
+    double t0 = cmt_now_ms();
+    while (cmt_now_ms() - t0 < timeout_ms) {
+        if (!cmt_pid_alive(pid)) return 1;
+        usleep(5000);
+    }
+    return 0;
+}

@@ -61,4 +61,10 @@ int cmt_lua(const char *code);
 /* Milliseconds on the monotonic clock. */
 double cmt_now_ms(void);
 
+/* Alive and not a zombie (a killed process may wait a while for its
+ * reaper). */
+int cmt_pid_alive(int pid);
+/* Waits (bounded) until cmt_pid_alive is false; returns 1 when it is. */
+int cmt_wait_dead(int pid, int timeout_ms);
+
 #endif
