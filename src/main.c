@@ -13,6 +13,10 @@ int main(int argc, char **argv)
     /* A closed pipe (`chat-manager status | head -1`) must give EPIPE on
      * write, not kill the process. */
     signal(SIGPIPE, SIG_IGN);
+    /* Likewise a full log (RLIMIT_FSIZE) must give EFBIG, not end the
+     * supervisor.  Children get default dispositions back (libuv resets
+     * them), so the app is not affected. */
+    signal(SIGXFSZ, SIG_IGN);
 
     cm_runtime_t *rt = cm_runtime_new();
     if (rt == NULL) {
