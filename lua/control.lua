@@ -105,12 +105,10 @@ local function check_backends_at_start(settings, inst)
     local fallback = require("policy.fallback")
     local health = {}
     for name, r in pairs(results) do health[name] = r.healthy end
-    local decision = fallback.evaluate(settings, {
-        active = active, auto_fallback = settings:get("backend.auto_fallback"),
-        health = health, order = backends.names(inst.root), failures = 0,
-        fallback_after = settings:get("manager.fallback_after"), why = "start",
-        now = cm.time.wall(), cooldown = settings:get("manager.fallback_cooldown"),
-    })
+    local decision, policy_err = fallback.evaluate(settings, fallback.context(settings, {
+        health = health, why = "start",
+    }))
+    if policy_err then ui.warn("user policy failed: %s", policy_err) end
     if decision.action == "switch" and decision.to ~= active then
         local sok, serr = backends.switch(settings, decision.to)
         if sok then

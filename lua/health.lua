@@ -23,18 +23,11 @@ function M.tick(sv)
             r and r.detail or "unknown backend")
     end
     ctx.backend_health = health
-    local decision = fallback.evaluate(settings, {
-        active = active,
-        auto_fallback = settings:get("backend.auto_fallback"),
-        health = health,
-        order = backends.names(sv.inst.root),
-        failures = ctx.backend_failures,
-        fallback_after = settings:get("manager.fallback_after"),
-        why = "health",
-        now = cm.time.wall(),
+    local decision, policy_err = fallback.evaluate(settings, fallback.context(settings, {
+        health = health, failures = ctx.backend_failures, why = "health",
         last_switch = ctx.last_switch,
-        cooldown = settings:get("manager.fallback_cooldown"),
-    })
+    }))
+    if policy_err then sv:log("user policy failed: %s", policy_err) end
     if decision.action ~= "switch" or decision.to == active then return decision end
     local ok, err = backends.switch(settings, decision.to)
     if not ok then

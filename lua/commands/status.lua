@@ -131,6 +131,10 @@ return {
         end
         if ctx.json then
             report.exit_code = report.code
+            if report.backends then
+                local backends = require("backends")
+                for name, r in pairs(report.backends) do report.backends[name] = backends.to_json(r) end
+            end
             ui.json(report)
         else
             print_report(report, settings)
