@@ -308,6 +308,8 @@ static void busy_port_names_its_owner_and_leaves_it_alone(void **state)
     assert_int_equal(kill(owner, 0), 0);
     r = cm_cmd(in, "force-stop", NULL); /* names it, never kills it */
     assert_int_equal(r.code, 0);
+    snprintf(expect, sizeof expect, "Port %d is used by PID %d", in->port, owner);
+    if (strstr(r.out, expect) == NULL) fail_msg("expected '%s' in:\n%s", expect, r.out);
     cmt_result_free(&r);
     assert_int_equal(kill(owner, 0), 0);
     cmt_kill_group(owner);
@@ -496,6 +498,79 @@ static void bad_ports_are_usage_errors(void **state)
     inst_free(in);
 }
 
+/* A pid file naming a dead process is removed with a warning; one naming a
+ * live process that is not ours (PID reuse) is never signalled. */
+static void stale_and_foreign_pid_files(void **state)
+{
+    (void)state;
+    inst_t *in = inst_new("instant", NULL, NULL);
+    char *pidfile = cmt_path(in->root, "process.pid");
+    const char *sleep_argv[] = {"/bin/sleep", "30", NULL};
+    pid_t dead = cmt_spawn(sleep_argv, NULL, NULL);
+    cmt_kill_group(dead);
+    char text[64];
+    snprintf(text, sizeof text, "%d\n", dead);
+    cmt_write_file(pidfile, text);
+    cmt_result_t r = cm_cmd(in, "start", NULL);
+    assert_int_equal(r.code, 0);
+    assert_non_null(strstr(r.out, "Removing stale PID file"));
+    cmt_result_free(&r);
+    r = cm_cmd(in, "stop", NULL);
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+
+    /* The old script's format (no start time) naming a foreign process. */
+    pid_t foreign = cmt_spawn(sleep_argv, NULL, NULL);
+    snprintf(text, sizeof text, "%d\n", foreign);
+    cmt_write_file(pidfile, text);
+    r = cm_cmd(in, "stop", NULL);
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+    r = cm_cmd(in, "force-stop", NULL);
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+    assert_true(cmt_pid_alive(foreign));
+    cmt_kill_group(foreign);
+    free(pidfile);
+    inst_free(in);
+}
+
+/* logs follows until Ctrl+C, which ends it with exit 0. */
+static void logs_follow_ends_on_ctrl_c(void **state)
+{
+    (void)state;
+    inst_t *in = inst_new("instant", NULL, NULL);
+    cmt_result_t r = cm_cmd(in, "start", NULL);
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+    char *out = cmt_path(in->root, "logs.out");
+    const char *argv[] = {cmt_env("CM_BINARY"), "--root", in->root, "logs", NULL};
+    pid_t pid = cmt_spawn(argv, quiet_env, out);
+    assert_int_equal(cmt_wait_file(out, 5000), 0);
+    usleep(200000);
+    r = cm_cmd(in, "stop", NULL); /* new lines arrive while following */
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+    double t0 = cmt_now_ms();
+    char *text = NULL;
+    while (cmt_now_ms() - t0 < 5000) {
+        free(text);
+        text = cmt_read_file(out, NULL);
+        if (text && strstr(text, "stopping -> stopped")) break;
+        usleep(10000);
+    }
+    assert_non_null(strstr(text, "stopping -> stopped"));
+    free(text);
+    kill(pid, SIGINT);
+    int st = 0;
+    t0 = cmt_now_ms();
+    while (waitpid(pid, &st, WNOHANG) == 0 && cmt_now_ms() - t0 < 5000) usleep(5000);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    free(out);
+    inst_free(in);
+}
+
 static void run_in_the_foreground(void **state)
 {
     (void)state;
@@ -537,6 +612,8 @@ int main(void)
         cmocka_unit_test(restart_gives_a_new_pid_on_the_same_port),
         cmocka_unit_test(status_json_and_logs),
         cmocka_unit_test(bad_ports_are_usage_errors),
+        cmocka_unit_test(stale_and_foreign_pid_files),
+        cmocka_unit_test(logs_follow_ends_on_ctrl_c),
         cmocka_unit_test(run_in_the_foreground),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
