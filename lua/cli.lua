@@ -42,7 +42,17 @@ local function check_command(cmd, where)
     return cmd
 end
 
--- Builds the registry: name -> command, plus the names in help order.
+-- Loads a user command file; returns the command, or nil and why.
+local function load_user_command(path)
+    local chunk, err = loadfile(path, "t")
+    if not chunk then return nil, err end
+    local ok, cmd = pcall(chunk)
+    if not ok then return nil, cmd end
+    return check_command(cmd, path)
+end
+
+-- Builds the whole registry: name -> command, plus the names in help order.
+-- Broken user commands are named and skipped.
 function M.registry(root)
     local commands, order = {}, {}
     for _, mod in ipairs(M.sorted_keys(cm.modules("commands."))) do
@@ -55,12 +65,9 @@ function M.registry(root)
     for _, file in ipairs(names) do
         if file:match("%.lua$") then
             local path = dir .. "/" .. file
-            local chunk, err = loadfile(path, "t")
-            local ok, cmd = chunk ~= nil, err
-            if ok then ok, cmd = pcall(chunk) end
-            if ok then cmd, err = check_command(cmd, path) end
-            if not ok or not cmd then
-                ui.warn("ignoring %s: %s", path, tostring(err or cmd))
+            local cmd, err = load_user_command(path)
+            if not cmd then
+                ui.warn("ignoring %s: %s", path, tostring(err))
             elseif commands[cmd.name] then
                 ui.warn("ignoring %s: '%s' is a built-in command", path, cmd.name)
             else
@@ -71,6 +78,24 @@ function M.registry(root)
         end
     end
     return commands, order
+end
+
+-- Finds one command without loading the others (a command usually lives in
+-- commands/<name>.lua); only when that fails is the whole registry built.
+function M.find(root, name)
+    if cm.modules("commands.")["commands." .. name] then
+        return assert(check_command(require("commands." .. name), name))
+    end
+    local path = root .. "/commands/" .. name .. ".lua"
+    if name:match("^[%w_%-]+$") and cm.fs.exists(path) then
+        local cmd = load_user_command(path)
+        if cmd and cmd.name == name then
+            cmd.group = cmd.group or "user"
+            return cmd
+        end
+    end
+    local commands = M.registry(root)
+    return commands[name]
 end
 
 function M.sorted_keys(t)
@@ -95,12 +120,18 @@ function M.main(argv)
         return M.EXIT_USAGE
     end
     local ctx = { root = real, json = opts.json, no_color = opts.no_color }
-    ctx.commands, ctx.order = M.registry(real)
+    -- Commands are loaded on first use: running one command parses one
+    -- script, not all of them.
+    ctx.commands = setmetatable({}, { __index = function(t, key)
+        local cmd = M.find(real, key)
+        rawset(t, key, cmd or false)
+        return cmd
+    end })
 
     local name = rest[1] or "help"
     if name == "--help" or name == "-h" then name = "help" end
     local cmd = ctx.commands[name]
-    if cmd == nil then
+    if not cmd then
         ui.error("Unknown command: %s", name)
         ctx.commands.help.run(ctx, {}, io.stderr)
         return M.EXIT_USAGE

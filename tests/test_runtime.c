@@ -160,10 +160,12 @@ static void user_commands_are_registered(void **state)
     cmt_result_t r = cmt_cm(dir, NULL, 10000, "hello", "world", NULL);
     assert_int_equal(r.code, 5);
     assert_non_null(strstr(r.out, "hello world"));
-    assert_non_null(strstr(r.out, "broken.lua"));
     cmt_result_free(&r);
+    /* help loads every command: the broken one is named there. */
     r = cmt_cm(dir, NULL, 10000, "help", NULL);
+    assert_int_equal(r.code, 0);
     assert_non_null(strstr(r.out, "say hello"));
+    assert_non_null(strstr(r.out, "broken.lua"));
     cmt_result_free(&r);
     free(hello);
     free(broken);

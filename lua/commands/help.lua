@@ -14,6 +14,7 @@ local groups = {
 
 local function run(ctx, _, out)
     out = out or io.stdout
+    local commands, order = require("cli").registry(ctx.root)
     local lines = {}
     local function add(s) lines[#lines + 1] = s end
     add("Chat-O-Llama process manager")
@@ -21,8 +22,8 @@ local function run(ctx, _, out)
     add("Usage: chat-manager <command> [arguments] [--root DIR] [--json] [--no-color]")
     for _, g in ipairs(groups) do
         local rows = {}
-        for _, name in ipairs(ctx.order) do
-            local cmd = ctx.commands[name]
+        for _, name in ipairs(order) do
+            local cmd = commands[name]
             if (cmd.group or "other") == g.id and not cmd.hidden then
                 if cmd.subcommands then
                     for _, sub in ipairs(cmd.subcommands) do rows[#rows + 1] = sub end
