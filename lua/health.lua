@@ -23,6 +23,13 @@ function M.tick(sv)
             r and r.detail or "unknown backend")
     end
     ctx.backend_health = health
+    -- What `status` shows while the supervisor runs, without checking again.
+    local summary = {}
+    for name, r in pairs(results) do
+        summary[name] = { healthy = r.healthy == nil and cm.json.null or r.healthy,
+                          detail = r.detail, ms = r.ms }
+    end
+    ctx.backend_results, ctx.backends_checked_at = summary, cm.time.wall()
     local decision, policy_err = fallback.evaluate(settings, fallback.context(settings, {
         health = health, failures = ctx.backend_failures, why = "health",
         last_switch = ctx.last_switch,

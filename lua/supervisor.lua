@@ -85,6 +85,8 @@ function Supervisor:snapshot()
         last_exit = ctx.last_exit,
         retry_at = ctx.retry_at,
         ready_ms = ctx.ready_ms,
+        backends = ctx.backend_results,
+        backends_checked_at = ctx.backends_checked_at,
         log = cm.log.path(),
         log_error = self.log_failed,
         config_error = self.config_error,
@@ -376,18 +378,17 @@ function Supervisor:start_health_loop()
     local ok, backends = pcall(require, "backends")
     if not ok then return end
     local interval = self.settings:get("backend.health_check_interval") * 1000
-    self.health_timer = cm.time.timer(interval, interval, function() self:check_backends() end)
+    -- The first check right away, so `status` has the supervisor's view.
+    self.health_timer = cm.time.timer(0, interval, function() self:check_backends() end)
 end
 
 function Supervisor:check_backends()
     if self.checking or self.machine:state() ~= "running" then return end
     self.checking = true
-    local ok, err = pcall(function()
-        local supervise_health = require("health")
-        supervise_health.tick(self)
-    end)
+    local ok, err = pcall(require("health").tick, self)
     self.checking = false
     if not ok then self:log("health check failed: %s", err) end
+    self:save_state()
 end
 
 -- Restarts the app gracefully (HUP, or a backend switch).

@@ -16,12 +16,17 @@
  */
 #include "http.h"
 
+#include "curl_api.h"
+
 #include "runtime.h"
 
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* libcurl's functions, loaded on first use (curl_api.h). */
+static const cm_curl_api_t *api;
 
 #ifndef CM_VERSION
 #define CM_VERSION "0.1.0"
@@ -99,19 +104,6 @@ const char *cm_http_error_name(cm_http_error_t error)
     return "error";
 }
 
-/* curl_global_init is not thread-safe and must happen once, before the first
- * easy handle; the process never calls curl_global_cleanup, which is harmless
- * (its state stays reachable) and avoids racing with another runtime. */
-static int global_init(void)
-{
-    static int done = 0;
-    if (!done) {
-        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return -1;
-        done = 1;
-    }
-    return 0;
-}
-
 static void transfer_link(http_engine_t *e, http_transfer_t *t)
 {
     t->prev = NULL;
@@ -133,7 +125,7 @@ static void transfer_unlink(http_engine_t *e, http_transfer_t *t)
 /* Frees a transfer that is no longer in the multi handle. */
 static void transfer_free(http_transfer_t *t)
 {
-    if (t->easy != NULL) curl_easy_cleanup(t->easy);
+    if (t->easy != NULL) api->easy_cleanup(t->easy);
     free(t->body);
     free(t);
 }
@@ -187,7 +179,7 @@ static void on_poll(uv_poll_t *poll, int status, int events)
     }
     /* `s` may be closed by curl inside this call (CURL_POLL_REMOVE): do not
      * touch it afterwards. */
-    curl_multi_socket_action(e->multi, s->fd, flags, &running);
+    api->multi_socket_action(e->multi, s->fd, flags, &running);
     check_multi_info(e);
 }
 
@@ -201,7 +193,7 @@ static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, v
     if (what == CURL_POLL_REMOVE) {
         if (s != NULL) {
             socket_close(s);
-            curl_multi_assign(e->multi, fd, NULL);
+            api->multi_assign(e->multi, fd, NULL);
         }
         return 0;
     }
@@ -221,7 +213,7 @@ static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, v
         s->next = e->sockets;
         if (e->sockets != NULL) e->sockets->prev = s;
         e->sockets = s;
-        curl_multi_assign(e->multi, fd, s);
+        api->multi_assign(e->multi, fd, s);
     }
     int events = 0;
     if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) events |= UV_READABLE;
@@ -237,7 +229,7 @@ static void on_timer(uv_timer_t *timer)
     http_engine_t *e = timer->data;
     int running = 0;
     if (e->closing) return;
-    curl_multi_socket_action(e->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    api->multi_socket_action(e->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     check_multi_info(e);
 }
 
@@ -298,7 +290,7 @@ static cm_http_error_t classify(http_transfer_t *t, CURLcode code)
         /* The same code covers "never connected" and "connected but the
          * answer was too slow"; only the connect time tells them apart. */
         curl_off_t connect_us = 0;
-        curl_easy_getinfo(t->easy, CURLINFO_CONNECT_TIME_T, &connect_us);
+        api->easy_getinfo(t->easy, CURLINFO_CONNECT_TIME_T, &connect_us);
         return connect_us == 0 ? CM_HTTP_CONNECT_TIMEOUT : CM_HTTP_TIMEOUT;
     }
     case CURLE_GOT_NOTHING:
@@ -321,9 +313,9 @@ static void describe(http_transfer_t *t, CURLcode code, cm_http_error_t error)
     } else if (error == CM_HTTP_REFUSED) {
         snprintf(t->message, sizeof t->message, "connection refused");
     } else if (t->errbuf[0] != '\0') {
-        snprintf(t->message, sizeof t->message, "%s (%s)", curl_easy_strerror(code), t->errbuf);
+        snprintf(t->message, sizeof t->message, "%s (%s)", api->easy_strerror(code), t->errbuf);
     } else {
-        snprintf(t->message, sizeof t->message, "%s", curl_easy_strerror(code));
+        snprintf(t->message, sizeof t->message, "%s", api->easy_strerror(code));
     }
 }
 
@@ -339,13 +331,13 @@ static void finish(http_engine_t *e, http_transfer_t *t, CURLcode code)
         describe(t, code, r.error);
         r.message = t->message;
     } else {
-        curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &r.status);
+        api->easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &r.status);
         char *ctype = NULL;
-        curl_easy_getinfo(t->easy, CURLINFO_CONTENT_TYPE, &ctype);
+        api->easy_getinfo(t->easy, CURLINFO_CONTENT_TYPE, &ctype);
         r.content_type = ctype;
     }
     curl_off_t total_us = 0;
-    curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME_T, &total_us);
+    api->easy_getinfo(t->easy, CURLINFO_TOTAL_TIME_T, &total_us);
     r.ms = (double)total_us / 1000.0;
     r.body = "";
     if (r.error == CM_HTTP_OK && t->body != NULL) {
@@ -353,7 +345,7 @@ static void finish(http_engine_t *e, http_transfer_t *t, CURLcode code)
         r.body_len = t->body_len;
     }
 
-    curl_multi_remove_handle(e->multi, t->easy);
+    api->multi_remove_handle(e->multi, t->easy);
     transfer_unlink(e, t);
     /* The callback may start new transfers (it resumes Lua code): the multi
      * handle is consistent here, and we are not inside a curl callback. */
@@ -365,10 +357,10 @@ static void check_multi_info(http_engine_t *e)
 {
     CURLMsg *msg;
     int pending = 0;
-    while (!e->closing && (msg = curl_multi_info_read(e->multi, &pending)) != NULL) {
+    while (!e->closing && (msg = api->multi_info_read(e->multi, &pending)) != NULL) {
         if (msg->msg != CURLMSG_DONE) continue;
         char *priv = NULL;
-        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
+        api->easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
         /* Read the result before anything else: msg is only valid until the
          * next call into the multi handle. */
         CURLcode code = msg->data.result;
@@ -415,10 +407,9 @@ static http_engine_t *engine_get(uv_loop_t *loop)
 {
     http_engine_t *e = engine_find(loop);
     if (e != NULL) return e;
-    if (global_init() != 0) return NULL;
     e = calloc(1, sizeof *e);
     if (e == NULL) return NULL;
-    e->multi = curl_multi_init();
+    e->multi = api->multi_init();
     if (e->multi == NULL) {
         free(e);
         return NULL;
@@ -427,10 +418,10 @@ static http_engine_t *engine_get(uv_loop_t *loop)
     e->loop = loop;
     uv_timer_init(loop, &e->timer);
     e->timer.data = e;
-    curl_multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
-    curl_multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
-    curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
-    curl_multi_setopt(e->multi, CURLMOPT_TIMERDATA, e);
+    api->multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
+    api->multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
+    api->multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+    api->multi_setopt(e->multi, CURLMOPT_TIMERDATA, e);
     e->next = engines;
     engines = e;
     return e;
@@ -443,7 +434,7 @@ static CURLcode configure(http_transfer_t *t, const char *url, const cm_http_opt
     CURLcode rc = CURLE_OK;
 #define SET(opt, val)                                                                              \
     do {                                                                                           \
-        if (rc == CURLE_OK) rc = curl_easy_setopt(h, opt, val);                                    \
+        if (rc == CURLE_OK) rc = api->easy_setopt(h, opt, val);                                    \
     } while (0)
     SET(CURLOPT_URL, url);
     SET(CURLOPT_PRIVATE, (void *)t);
@@ -485,6 +476,7 @@ int cm_http_get(uv_loop_t *loop, const char *url, const cm_http_opts_t *opts, cm
      * far from overflowing. */
     if (o.max_bytes > SIZE_MAX / 4) o.max_bytes = SIZE_MAX / 4;
 
+    if (api == NULL && (api = cm_curl_api(NULL, 0)) == NULL) return UV_ENOSYS;
     http_engine_t *e = engine_get(loop);
     if (e == NULL) return UV_ENOMEM;
     if (e->closing) return UV_ECANCELED;
@@ -495,14 +487,14 @@ int cm_http_get(uv_loop_t *loop, const char *url, const cm_http_opts_t *opts, cm
     t->cb = cb;
     t->data = data;
     t->max_bytes = o.max_bytes;
-    t->easy = curl_easy_init();
+    t->easy = api->easy_init();
     if (t->easy == NULL || configure(t, url, &o) != CURLE_OK) {
         transfer_free(t);
         return UV_ENOMEM;
     }
     /* Adding only schedules a 0 ms timeout: the transfer begins on the loop,
      * so the callback never runs before this function returns. */
-    if (curl_multi_add_handle(e->multi, t->easy) != CURLM_OK) {
+    if (api->multi_add_handle(e->multi, t->easy) != CURLM_OK) {
         transfer_free(t);
         return UV_ENOMEM;
     }
@@ -530,7 +522,7 @@ void cm_http_shutdown(uv_loop_t *loop)
     }
     while (e->transfers != NULL) {
         http_transfer_t *t = e->transfers;
-        curl_multi_remove_handle(e->multi, t->easy);
+        api->multi_remove_handle(e->multi, t->easy);
         transfer_unlink(e, t);
         cm_http_result_t r;
         memset(&r, 0, sizeof r);
@@ -544,7 +536,7 @@ void cm_http_shutdown(uv_loop_t *loop)
     }
     /* Closing the cached connections reports CURL_POLL_REMOVE for their
      * sockets, which closes their polls; any left are closed after. */
-    curl_multi_cleanup(e->multi);
+    api->multi_cleanup(e->multi);
     e->multi = NULL;
     while (e->sockets != NULL)
         socket_close(e->sockets);

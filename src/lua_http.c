@@ -7,6 +7,7 @@
  * HTTP error status is an answer, so 4xx/5xx come back as a table: deciding
  * what a status means is the caller's business.
  */
+#include "curl_api.h"
 #include "http.h"
 
 #include "cm_modules.h"
@@ -143,6 +144,11 @@ static int l_http_get(lua_State *L)
     int rc = cm_http_get(cm_loop(L), url, &opts, on_http_done, call);
     if (rc != 0) {
         free(call);
+        if (rc == UV_ENOSYS) {
+            char why[256];
+            cm_curl_api(why, sizeof why);
+            return cm_fail(L, "error", "HTTP is unavailable: %s", why);
+        }
         return cm_fail(L, "error", "cannot start the transfer: %s", uv_strerror(rc));
     }
     return cm_waiter_yield(L);

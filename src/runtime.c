@@ -577,8 +577,10 @@ static int bundle_loader(lua_State *L)
         }
         lua_pop(L, 1);
     }
+    /* Embedded scripts are bytecode compiled at build time from our own
+     * sources; only they are ever loaded in binary mode. */
     lua_pushfstring(L, "@%s", e->path);
-    status = luaL_loadbufferx(L, e->source, e->size, lua_tostring(L, -1), "t");
+    status = luaL_loadbufferx(L, e->source, e->size, lua_tostring(L, -1), "b");
     if (status != LUA_OK) return lua_error(L);
     lua_pushvalue(L, 1);
     lua_call(L, 1, 1);

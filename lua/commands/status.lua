@@ -58,10 +58,17 @@ local function collect(ctx)
     end
     report.orphans = orphans
     if settings then
-        local ok, backends = pcall(require, "backends")
-        if ok then
-            report.active_backend = settings:get("backend.active")
-            report.backends = backends.check_all(settings)
+        report.active_backend = settings:get("backend.active")
+        if sup and type(st.backends) == "table" and st.backends_checked_at then
+            -- The supervisor checks the backends every health_check_interval:
+            -- show its latest view rather than checking again.
+            report.backends = st.backends
+            report.backends_age_s = math.max(0, cm.time.wall() - st.backends_checked_at)
+            for _, r in pairs(report.backends) do
+                if r.healthy == cm.json.null then r.healthy = nil end
+            end
+        else
+            report.backends = require("backends").check_all(settings)
         end
     end
     return report, settings
@@ -110,6 +117,9 @@ local function print_report(r, settings)
     if r.config_error then ui.warn("%s", r.config_error) end
     if r.backends and settings then
         ui.say("")
+        if r.backends_age_s then
+            ui.say("Backends (checked %ds ago by the supervisor):", math.floor(r.backends_age_s))
+        end
         require("backends").print_section(settings, r.backends)
     end
 end
