@@ -8,7 +8,7 @@
 #include <string.h>
 
 static cm_curl_api_t api;
-static int loaded;          /* 1 once the table is complete */
+static int loaded;           /* 1 once the table is complete */
 static char load_error[256]; /* why it could not be loaded */
 
 /* Resolves one symbol into a table slot; returns 0 when it is missing. */

@@ -6,7 +6,6 @@
 
 #include <lauxlib.h>
 
-
 typedef struct group {
     const char *name;
     lua_CFunction open;
@@ -15,10 +14,10 @@ typedef struct group {
 int cm__open_all(lua_State *L)
 {
     static const group_t groups[] = {
-        {"task", cm__open_task},     {"time", cm__open_time},     {"fs", cm__open_fs},
-        {"sys", cm__open_sys},       {"log", cm__open_log},       {"proc", cm__open_proc},
-        {"net", cm__open_net},       {"http", cm__open_http},     {"json", cm__open_json},
-        {"config", cm__open_config}, {"gguf", cm__open_gguf},     {"machine", cm__open_machine},
+        {"task", cm__open_task},     {"time", cm__open_time}, {"fs", cm__open_fs},
+        {"sys", cm__open_sys},       {"log", cm__open_log},   {"proc", cm__open_proc},
+        {"net", cm__open_net},       {"http", cm__open_http}, {"json", cm__open_json},
+        {"config", cm__open_config}, {"gguf", cm__open_gguf}, {"machine", cm__open_machine},
     };
     lua_createtable(L, 0, 16); /* [cm] */
     for (size_t i = 0; i < sizeof groups / sizeof groups[0]; i++) {

@@ -532,8 +532,7 @@ static int l_watch_close(lua_State *L)
 
 int cm__open_fs(lua_State *L)
 {
-    static const luaL_Reg lock_methods[] = {
-        {"unlock", l_unlock}, {"fd", l_lock_fd}, {NULL, NULL}};
+    static const luaL_Reg lock_methods[] = {{"unlock", l_unlock}, {"fd", l_lock_fd}, {NULL, NULL}};
     if (luaL_newmetatable(L, LOCK_MT)) {
         luaL_newlib(L, lock_methods);
         lua_setfield(L, -2, "__index");
@@ -550,13 +549,25 @@ int cm__open_fs(lua_State *L)
         lua_setfield(L, -2, "__gc");
     }
     lua_pop(L, 1);
-    static const luaL_Reg fns[] = {
-        {"read", l_read},       {"read_from", l_read_from}, {"write_atomic", l_write_atomic}, {"append", l_append},
-        {"stat", l_stat},       {"lstat", l_lstat},               {"list", l_list},
-        {"mkdir", l_mkdir},     {"chmod", l_chmod},               {"remove", l_remove},
-        {"exists", l_exists},   {"realpath", l_realpath},         {"access", l_access},
-        {"lock", l_lock},       {"probe_lock", l_probe_lock},     {"watch", l_watch},
-        {"open_append", l_open_append}, {"close", l_close},       {NULL, NULL}};
+    static const luaL_Reg fns[] = {{"read", l_read},
+                                   {"read_from", l_read_from},
+                                   {"write_atomic", l_write_atomic},
+                                   {"append", l_append},
+                                   {"stat", l_stat},
+                                   {"lstat", l_lstat},
+                                   {"list", l_list},
+                                   {"mkdir", l_mkdir},
+                                   {"chmod", l_chmod},
+                                   {"remove", l_remove},
+                                   {"exists", l_exists},
+                                   {"realpath", l_realpath},
+                                   {"access", l_access},
+                                   {"lock", l_lock},
+                                   {"probe_lock", l_probe_lock},
+                                   {"watch", l_watch},
+                                   {"open_append", l_open_append},
+                                   {"close", l_close},
+                                   {NULL, NULL}};
     luaL_newlib(L, fns);
     return 1;
 }

@@ -125,9 +125,8 @@ typedef struct signal_obj {
 static const struct {
     const char *name;
     int signum;
-} signal_names[] = {{"TERM", SIGTERM}, {"INT", SIGINT},   {"HUP", SIGHUP},
-                    {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"CHLD", SIGCHLD},
-                    {"QUIT", SIGQUIT}, {NULL, 0}};
+} signal_names[] = {{"TERM", SIGTERM}, {"INT", SIGINT},   {"HUP", SIGHUP},   {"USR1", SIGUSR1},
+                    {"USR2", SIGUSR2}, {"CHLD", SIGCHLD}, {"QUIT", SIGQUIT}, {NULL, 0}};
 
 static void signal_free_cb(uv_handle_t *h)
 {
@@ -212,12 +211,18 @@ int cm__open_sys(lua_State *L)
         lua_setfield(L, -2, "__gc");
     }
     lua_pop(L, 1);
-    static const luaL_Reg fns[] = {
-        {"getenv", l_getenv}, {"setenv", l_setenv}, {"environ", l_environ},
-        {"isatty", l_isatty}, {"pid", l_pid},       {"cwd", l_cwd},
-        {"exe", l_exe},       {"write", l_write},   {"exit", l_exit},
-        {"cloexec", l_cloexec},
-        {"on_signal", l_on_signal}, {NULL, NULL}};
+    static const luaL_Reg fns[] = {{"getenv", l_getenv},
+                                   {"setenv", l_setenv},
+                                   {"environ", l_environ},
+                                   {"isatty", l_isatty},
+                                   {"pid", l_pid},
+                                   {"cwd", l_cwd},
+                                   {"exe", l_exe},
+                                   {"write", l_write},
+                                   {"exit", l_exit},
+                                   {"cloexec", l_cloexec},
+                                   {"on_signal", l_on_signal},
+                                   {NULL, NULL}};
     luaL_newlib(L, fns);
     return 1;
 }
@@ -280,8 +285,10 @@ static int l_log_fd(lua_State *L)
 
 int cm__open_log(lua_State *L)
 {
-    static const luaL_Reg fns[] = {{"open", l_log_open}, {"event", l_log_event},
-                                   {"path", l_log_path}, {"fd", l_log_fd},
+    static const luaL_Reg fns[] = {{"open", l_log_open},
+                                   {"event", l_log_event},
+                                   {"path", l_log_path},
+                                   {"fd", l_log_fd},
                                    {NULL, NULL}};
     luaL_newlib(L, fns);
     return 1;

@@ -60,8 +60,8 @@ static int l_sleep(lua_State *L)
 typedef struct timer_obj {
     cm_owner_t owner;
     uv_timer_t timer;
-    lua_State *L;        /* the main state, for callbacks */
-    int fn_ref;          /* the Lua callback */
+    lua_State *L;           /* the main state, for callbacks */
+    int fn_ref;             /* the Lua callback */
     struct timer_obj **box; /* the userdata slot pointing here, or NULL */
 } timer_obj_t;
 
@@ -180,9 +180,8 @@ int cm__open_time(lua_State *L)
         lua_setfield(L, -2, "__gc");
     }
     lua_pop(L, 1);
-    static const luaL_Reg fns[] = {{"now", l_now},     {"wall", l_wall},
-                                   {"sleep", l_sleep}, {"timer", l_timer},
-                                   {"strftime", l_strftime}, {NULL, NULL}};
+    static const luaL_Reg fns[] = {{"now", l_now},     {"wall", l_wall},         {"sleep", l_sleep},
+                                   {"timer", l_timer}, {"strftime", l_strftime}, {NULL, NULL}};
     luaL_newlib(L, fns);
     return 1;
 }

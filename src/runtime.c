@@ -28,15 +28,15 @@
 enum { TASK_RUNNING, TASK_DONE, TASK_FAILED };
 
 struct cm_task {
-    lua_State *co;          /* the task's thread */
-    cm_runtime_t *rt;       /* the runtime it runs on */
-    int self_ref;           /* registry ref to this userdata while running */
-    int thread_ref;         /* registry ref to the thread while running */
-    int status;             /* TASK_RUNNING, TASK_DONE or TASK_FAILED */
-    int parked;             /* set by cm_waiter_yield, cleared on resume */
-    int results_ref;        /* table {n=, ...} or the error message */
-    int report_errors;      /* callbacks report their own failures */
-    cm_waiter_t *joiners;   /* tasks waiting in task:join() */
+    lua_State *co;        /* the task's thread */
+    cm_runtime_t *rt;     /* the runtime it runs on */
+    int self_ref;         /* registry ref to this userdata while running */
+    int thread_ref;       /* registry ref to the thread while running */
+    int status;           /* TASK_RUNNING, TASK_DONE or TASK_FAILED */
+    int parked;           /* set by cm_waiter_yield, cleared on resume */
+    int results_ref;      /* table {n=, ...} or the error message */
+    int report_errors;    /* callbacks report their own failures */
+    cm_waiter_t *joiners; /* tasks waiting in task:join() */
     size_t njoiners, capjoiners;
 };
 
@@ -181,7 +181,8 @@ static void task_finish(cm_task_t *t, int ok)
             lua_pop(jco, 1);
             luaL_checkstack(jco, count + 2, "too many results");
             lua_pushboolean(jco, 1);
-            for (int k = 1; k <= count; k++) lua_rawgeti(jco, -1 - k, k);
+            for (int k = 1; k <= count; k++)
+                lua_rawgeti(jco, -1 - k, k);
             lua_remove(jco, -2 - count); /* drop res */
             n = count + 1;
         } else {
@@ -217,7 +218,8 @@ static void task_resume(cm_task_t *t, int nargs)
         luaL_checkstack(L, nres + 2, "too many results");
         lua_createtable(L, nres, 1); /* [res] */
         lua_xmove(co, L, nres);      /* [res, r1..rn] */
-        for (int k = nres; k >= 1; k--) lua_rawseti(L, -(k + 1), k); /* pops rk */
+        for (int k = nres; k >= 1; k--)
+            lua_rawseti(L, -(k + 1), k); /* pops rk */
         lua_pushinteger(L, nres);
         lua_setfield(L, -2, "n");
         t->results_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* [] */
@@ -226,7 +228,8 @@ static void task_resume(cm_task_t *t, int nargs)
     }
     /* An error: the thread's stack is intact, so the traceback is real. */
     const char *msg = lua_tostring(co, -1);
-    if (msg == NULL) msg = lua_pushfstring(co, "(error object is a %s value)", luaL_typename(co, -1));
+    if (msg == NULL)
+        msg = lua_pushfstring(co, "(error object is a %s value)", luaL_typename(co, -1));
     luaL_traceback(L, co, msg, 0); /* [text] */
     t->results_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     task_finish(t, 0);
@@ -250,7 +253,7 @@ static cm_task_t *task_start(lua_State *L, int nargs, int report_errors)
     t->co = lua_newthread(L); /* [task, fn, args.., co] */
     *(cm_task_t **)lua_getextraspace(t->co) = t;
     t->thread_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* [task, fn, args..] */
-    lua_xmove(L, t->co, nargs + 1);                  /* [task] */
+    lua_xmove(L, t->co, nargs + 1);                 /* [task] */
     lua_pushvalue(L, -1);
     t->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     (void)main;
@@ -337,7 +340,8 @@ static int l_task_join(lua_State *L)
         lua_pop(L, 1);
         luaL_checkstack(L, n + 1, "too many results");
         lua_pushboolean(L, 1);
-        for (int k = 1; k <= n; k++) lua_rawgeti(L, -1 - k, k);
+        for (int k = 1; k <= n; k++)
+            lua_rawgeti(L, -1 - k, k);
         return n + 1;
     }
     if (task_of(L) == t) return luaL_error(L, "a task cannot join itself");
@@ -446,7 +450,8 @@ static int event_push_values(lua_State *co, int values_ref)
     int n = (int)lua_tointeger(co, -1);
     lua_pop(co, 1);
     luaL_checkstack(co, n + 1, "too many values");
-    for (int k = 1; k <= n; k++) lua_rawgeti(co, -k, k);
+    for (int k = 1; k <= n; k++)
+        lua_rawgeti(co, -k, k);
     lua_remove(co, -n - 1); /* [v1..vn] */
     return n;
 }
@@ -520,7 +525,8 @@ static int l_event_gc(lua_State *L)
     event_obj_t *e = luaL_checkudata(L, 1, EVENT_MT);
     /* Waiting tasks hold the event on their stacks, so none is left here
      * unless the runtime is closing: their timers are closed by teardown. */
-    for (event_wait_t *w = e->waiters; w != NULL; w = w->next) w->event = NULL;
+    for (event_wait_t *w = e->waiters; w != NULL; w = w->next)
+        w->event = NULL;
     e->waiters = NULL;
     if (e->values_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, e->values_ref);
     e->values_ref = LUA_NOREF;
@@ -529,8 +535,7 @@ static int l_event_gc(lua_State *L)
 
 int cm__open_task(lua_State *L)
 {
-    static const luaL_Reg methods[] = {
-        {"join", l_task_join}, {"done", l_task_done}, {NULL, NULL}};
+    static const luaL_Reg methods[] = {{"join", l_task_join}, {"done", l_task_done}, {NULL, NULL}};
     if (luaL_newmetatable(L, TASK_MT)) {
         luaL_newlib(L, methods);
         lua_setfield(L, -2, "__index");
@@ -607,7 +612,8 @@ static int l_modules(lua_State *L)
     luaL_buffinit(L, &b);
     luaL_addstring(&b, dir);
     luaL_addchar(&b, '/');
-    for (size_t i = 0; i + 1 < plen; i++) luaL_addchar(&b, prefix[i] == '.' ? '/' : prefix[i]);
+    for (size_t i = 0; i + 1 < plen; i++)
+        luaL_addchar(&b, prefix[i] == '.' ? '/' : prefix[i]);
     luaL_pushresult(&b); /* [prefix, set, folder] */
     DIR *d = opendir(lua_tostring(L, -1));
     lua_pop(L, 1);
@@ -630,7 +636,7 @@ static int l_modules(lua_State *L)
 
 static void register_bundle(lua_State *L)
 {
-    lua_getglobal(L, "package");     /* [package] */
+    lua_getglobal(L, "package");    /* [package] */
     lua_getfield(L, -1, "preload"); /* [package, preload] */
     for (int i = 0; cm_bundle[i].module != NULL; i++) {
         lua_pushinteger(L, i);
@@ -826,7 +832,8 @@ lua_Integer cm_opt_int_field(lua_State *L, int idx, const char *key, lua_Integer
     if (lua_type(L, idx) != LUA_TTABLE) return def;
     lua_getfield(L, idx, key);
     lua_Integer v = def;
-    if (lua_isnumber(L, -1)) v = (lua_Integer)lua_tonumber(L, -1);
+    if (lua_isnumber(L, -1))
+        v = (lua_Integer)lua_tonumber(L, -1);
     else if (!lua_isnil(L, -1)) {
         lua_pop(L, 1);
         luaL_error(L, "option '%s' must be a number", key);
@@ -840,7 +847,8 @@ lua_Number cm_opt_num_field(lua_State *L, int idx, const char *key, lua_Number d
     if (lua_type(L, idx) != LUA_TTABLE) return def;
     lua_getfield(L, idx, key);
     lua_Number v = def;
-    if (lua_isnumber(L, -1)) v = lua_tonumber(L, -1);
+    if (lua_isnumber(L, -1))
+        v = lua_tonumber(L, -1);
     else if (!lua_isnil(L, -1)) {
         lua_pop(L, 1);
         luaL_error(L, "option '%s' must be a number", key);
@@ -863,7 +871,8 @@ const char *cm_opt_str_field(lua_State *L, int idx, const char *key, const char 
     if (lua_type(L, idx) != LUA_TTABLE) return def;
     lua_getfield(L, idx, key);
     const char *v = def;
-    if (lua_type(L, -1) == LUA_TSTRING) v = lua_tostring(L, -1);
+    if (lua_type(L, -1) == LUA_TSTRING)
+        v = lua_tostring(L, -1);
     else if (!lua_isnil(L, -1)) {
         lua_pop(L, 1);
         luaL_error(L, "option '%s' must be a string", key);

@@ -29,46 +29,48 @@ typedef struct fixture {
 
 /* The config in the style Chat-O-Llama writes (json.dump, indent=2); %d is
  * the fake Ollama's port, %s the fake Python and %s the active backend. */
-static const char config_template[] =
-    "{\n"
-    "  \"backend\": {\n"
-    "    \"active\": \"%s\",\n"
-    "    \"auto_fallback\": true,\n"
-    "    \"health_check_interval\": 30\n"
-    "  },\n"
-    "  \"ollama\": {\n"
-    "    \"base_url\": \"http://127.0.0.1:%d\",\n"
-    "    \"timeout\": 600,\n"
-    "    \"connect_timeout\": 45,\n"
-    "    \"verify_ssl\": true\n"
-    "  },\n"
-    "  \"llamacpp\": {\n"
-    "    \"model_path\": \"./models\",\n"
-    "    \"n_ctx\": 8192,\n"
-    "    \"n_batch\": 512,\n"
-    "    \"n_threads\": -1,\n"
-    "    \"python\": \"%s\"\n"
-    "  },\n"
-    "  \"model_options\": {\n"
-    "    \"temperature\": 0.5,\n"
-    "    \"top_p\": 0.90,\n"
-    "    \"stop\": [\n"
-    "      \"</s>\",\n"
-    "      \"\xc3\x9c" "n\xc3\xaf" "c\xc3\xb6" "d\xc3\xa9 \xe2\x9c\x93\"\n"
-    "    ],\n"
-    "    \"empty\": {},\n"
-    "    \"none\": []\n"
-    "  },\n"
-    "  \"server\": {\n"
-    "    \"port\": 3113,\n"
-    "    \"host\": \"0.0.0.0\"\n"
-    "  },\n"
-    "  \"manager\": {\n"
-    "    \"health_timeout\": 1,\n"
-    "    \"health_connect_timeout\": 1\n"
-    "  },\n"
-    "  \"zz_last\": null\n"
-    "}\n";
+static const char config_template[] = "{\n"
+                                      "  \"backend\": {\n"
+                                      "    \"active\": \"%s\",\n"
+                                      "    \"auto_fallback\": true,\n"
+                                      "    \"health_check_interval\": 30\n"
+                                      "  },\n"
+                                      "  \"ollama\": {\n"
+                                      "    \"base_url\": \"http://127.0.0.1:%d\",\n"
+                                      "    \"timeout\": 600,\n"
+                                      "    \"connect_timeout\": 45,\n"
+                                      "    \"verify_ssl\": true\n"
+                                      "  },\n"
+                                      "  \"llamacpp\": {\n"
+                                      "    \"model_path\": \"./models\",\n"
+                                      "    \"n_ctx\": 8192,\n"
+                                      "    \"n_batch\": 512,\n"
+                                      "    \"n_threads\": -1,\n"
+                                      "    \"python\": \"%s\"\n"
+                                      "  },\n"
+                                      "  \"model_options\": {\n"
+                                      "    \"temperature\": 0.5,\n"
+                                      "    \"top_p\": 0.90,\n"
+                                      "    \"stop\": [\n"
+                                      "      \"</s>\",\n"
+                                      "      \"\xc3\x9c"
+                                      "n\xc3\xaf"
+                                      "c\xc3\xb6"
+                                      "d\xc3\xa9 \xe2\x9c\x93\"\n"
+                                      "    ],\n"
+                                      "    \"empty\": {},\n"
+                                      "    \"none\": []\n"
+                                      "  },\n"
+                                      "  \"server\": {\n"
+                                      "    \"port\": 3113,\n"
+                                      "    \"host\": \"0.0.0.0\"\n"
+                                      "  },\n"
+                                      "  \"manager\": {\n"
+                                      "    \"health_timeout\": 1,\n"
+                                      "    \"health_connect_timeout\": 1\n"
+                                      "  },\n"
+                                      "  \"zz_last\": null\n"
+                                      "}\n";
 
 static char *config_text(fixture_t *f, const char *active)
 {
@@ -136,7 +138,7 @@ static void write_in_root(fixture_t *f, const char *rel, const char *text)
     free(path);
 }
 
-#define contains(hay, needle)                                                                     \
+#define contains(hay, needle)                                                                      \
     do {                                                                                           \
         if (strstr((hay), (needle)) == NULL)                                                       \
             fail_msg("expected to find \"%s\" in:\n%s", (needle), (hay));                          \
@@ -149,8 +151,9 @@ static void test_status_text(void **state)
     for (int i = 0; i < 2; i++) {
         cmt_result_t r = cmt_cm(f->root, NULL, RUN_MS, "backend", subs[i], NULL);
         assert_int_equal(r.code, 0);
-        contains(r.out, "  ollama     \xe2\x9c\x93 healthy     2 models (llama3.2:1b, qwen2.5:0.5b), "
-                        "v0.5.7, ");
+        contains(r.out,
+                 "  ollama     \xe2\x9c\x93 healthy     2 models (llama3.2:1b, qwen2.5:0.5b), "
+                 "v0.5.7, ");
         contains(r.out, "  llamacpp   \xe2\x9c\x97 unhealthy   model directory not found: ");
         contains(r.out, "\nActive backend: ollama\n");
         /* Registry order: llamacpp before ollama (by name). */
@@ -417,8 +420,8 @@ static void test_usage_errors(void **state)
     };
     char *before = cmt_read_file(f->config, NULL);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        cmt_result_t r = cmt_cm(f->root, NULL, RUN_MS, cases[i][0], cases[i][1], cases[i][2],
-                                cases[i][3], NULL);
+        cmt_result_t r =
+            cmt_cm(f->root, NULL, RUN_MS, cases[i][0], cases[i][1], cases[i][2], cases[i][3], NULL);
         if (r.code != 2) fail_msg("case %zu: exit %d, stderr:\n%s", i, r.code, r.err);
         contains(r.err, "[ERROR] ");
         contains(r.err, "chat-manager backend switch <name> [--restart]");

@@ -45,9 +45,11 @@ static int teardown(void **state)
     cmt_rmtree(f->root);
     free(f->root);
     free(f);
-    static const char *const vars[] = {"CMT_ROOT", "CMT_NAME", "CMT_HEALTHY", "CMT_DETAIL",
-                                       "CMT_MAX_MS", "FAKE_PYTHON_LLAMA", "FAKE_PYTHON_LOG", NULL};
-    for (int i = 0; vars[i] != NULL; i++) unsetenv(vars[i]);
+    static const char *const vars[] = {"CMT_ROOT",        "CMT_NAME",   "CMT_HEALTHY",
+                                       "CMT_DETAIL",      "CMT_MAX_MS", "FAKE_PYTHON_LLAMA",
+                                       "FAKE_PYTHON_LOG", NULL};
+    for (int i = 0; vars[i] != NULL; i++)
+        unsetenv(vars[i]);
     return 0;
 }
 
@@ -57,8 +59,9 @@ static void start_http(fixture_t *f, const char *mode, const char *delay_ms)
     char *bin = cmt_fixture("fake-http");
     char *port_file = cmt_path(f->root, "http.port");
     char *log = cmt_path(f->root, "http.log");
-    const char *argv[] = {bin, "--port", "0", "--port-file", port_file, "--mode", mode,
-                          delay_ms ? "--delay-ms" : NULL, delay_ms, NULL};
+    const char *argv[] = {bin,       "--port", "0",  "--port-file",
+                          port_file, "--mode", mode, delay_ms ? "--delay-ms" : NULL,
+                          delay_ms,  NULL};
     f->http_pid = cmt_spawn(argv, NULL, log);
     assert_int_equal(cmt_wait_file(port_file, 5000), 0);
     char *text = cmt_read_file(port_file, NULL);
@@ -141,7 +144,8 @@ static int count_lines(const char *path)
     char *text = cmt_read_file(path, NULL);
     if (text == NULL) return 0;
     int n = 0;
-    for (char *p = text; *p; p++) n += *p == '\n';
+    for (char *p = text; *p; p++)
+        n += *p == '\n';
     free(text);
     return n;
 }
@@ -156,7 +160,7 @@ static int count_lines(const char *path)
     "local function expect(cond, ...)\n"                                                           \
     "  if not cond then error(table.concat({ ... }, ' '), 2) end\n"                                \
     "end\n"                                                                                        \
-    "local function check(name)\n"                                                                \
+    "local function check(name)\n"                                                                 \
     "  local t0 = cm.time.now()\n"                                                                 \
     "  local r = backends.check_all(s, { name })[name]\n"                                          \
     "  return r, cm.time.now() - t0\n"                                                             \
@@ -168,7 +172,8 @@ static const char verdict_lua[] = LUA_PRELUDE
     "local name = cm.sys.getenv('CMT_NAME')\n"
     "local r, ms = check(name)\n"
     "print(('%s: %s (%.0f ms)'):format(name, r.detail, ms))\n"
-    "expect(tostring(r.healthy) == cm.sys.getenv('CMT_HEALTHY'), 'healthy is', tostring(r.healthy))\n"
+    "expect(tostring(r.healthy) == cm.sys.getenv('CMT_HEALTHY'), 'healthy is', "
+    "tostring(r.healthy))\n"
     "local want = cm.sys.getenv('CMT_DETAIL')\n"
     "expect(r.detail:find(want, 1, true), 'detail', r.detail, 'lacks', want)\n"
     "expect(ms < tonumber(cm.sys.getenv('CMT_MAX_MS')), 'took', ms, 'ms')\n"
@@ -287,10 +292,12 @@ static void test_ollama_own_timeout_smaller(void **state)
 static void test_llamacpp_gguf_verdicts(void **state)
 {
     fixture_t *f = *state;
-    static const char *const samples[] = {"valid-v3.gguf", "valid-v2.gguf", "v1.gguf",
-                                          "truncated.gguf", "wrong-magic.gguf", "absurd-count.gguf",
-                                          "absurd-string.gguf", "empty.gguf", NULL};
-    for (int i = 0; samples[i] != NULL; i++) add_model(f, samples[i]);
+    static const char *const samples[] = {
+        "valid-v3.gguf",      "valid-v2.gguf",    "v1.gguf",
+        "truncated.gguf",     "wrong-magic.gguf", "absurd-count.gguf",
+        "absurd-string.gguf", "empty.gguf",       NULL};
+    for (int i = 0; samples[i] != NULL; i++)
+        add_model(f, samples[i]);
     mkdir_in_root(f, "models/dir.gguf");
     mkdir_in_root(f, "models/sub");
     add_model(f, "valid-v3.gguf");
@@ -317,7 +324,8 @@ static void test_llamacpp_gguf_verdicts(void **state)
         "  expect(m.quantization == 'Q8_0' and m.size_label == '1B', file, 'quantization')\n"
         "  expect(m.context_length == 4096 and m.size > 0, file, 'context/size')\n"
         "end\n"
-        "expect(valid['valid-v2.gguf'].version == 2 and valid['valid-v3.gguf'].version == 3, 'versions')\n"
+        "expect(valid['valid-v2.gguf'].version == 2 and valid['valid-v3.gguf'].version == 3, "
+        "'versions')\n"
         "local why = {}\n"
         "for _, x in ipairs(r.info.invalid) do why[x.file] = x.why end\n"
         "local expected = {\n"
@@ -352,7 +360,8 @@ static void test_llamacpp_only_invalid_models(void **state)
     add_model(f, "v1.gguf");
     write_config_port(f, cmt_free_port(), NULL, NULL);
     expect_verdict(f, "llamacpp", "false", "no valid GGUF model in", QUICK_MS);
-    expect_verdict(f, "llamacpp", "false", "2 files not counted (truncated.gguf, v1.gguf)", QUICK_MS);
+    expect_verdict(f, "llamacpp", "false", "2 files not counted (truncated.gguf, v1.gguf)",
+                   QUICK_MS);
 }
 
 static void test_llamacpp_no_model_dir(void **state)
@@ -373,10 +382,10 @@ static void test_llamacpp_import_missing(void **state)
     write_config_port(f, cmt_free_port(), NULL, NULL);
     setenv("FAKE_PYTHON_LLAMA", "missing", 1);
     expect_verdict(f, "llamacpp", "false", "No module named 'llama_cpp'", QUICK_MS);
-    static const char hint[] = LUA_PRELUDE
-        "local r = check('llamacpp')\n"
-        "expect(r.detail:find('llama_cpp not importable by', 1, true), r.detail)\n"
-        "expect(r.hint:find('pip install llama-cpp-python', 1, true), r.hint)\n";
+    static const char hint[] =
+        LUA_PRELUDE "local r = check('llamacpp')\n"
+                    "expect(r.detail:find('llama_cpp not importable by', 1, true), r.detail)\n"
+                    "expect(r.hint:find('pip install llama-cpp-python', 1, true), r.hint)\n";
     assert_int_equal(cmt_lua(hint), 0);
 }
 
@@ -413,9 +422,9 @@ static void test_llamacpp_probe_cache(void **state)
     assert_int_equal(count_lines(log), 1);
     expect_verdict(f, "llamacpp", "true", "llama_cpp 0.3.2", QUICK_MS);
     assert_int_equal(count_lines(log), 1);
-    static const char cached[] = LUA_PRELUDE
-        "local r = check('llamacpp')\n"
-        "expect(r.info.probe_cached == true, 'the answer was not cached')\n";
+    static const char cached[] =
+        LUA_PRELUDE "local r = check('llamacpp')\n"
+                    "expect(r.info.probe_cached == true, 'the answer was not cached')\n";
     assert_int_equal(cmt_lua(cached), 0);
     assert_int_equal(count_lines(log), 1);
     /* A missing package is remembered too. */
@@ -525,13 +534,13 @@ static void test_two_user_backends_concurrently(void **state)
     mkdir_in_root(f, "backends");
     write_in_root(f, "backends/slow_a.lua", slow_backend);
     write_in_root(f, "backends/slow_b.lua", slow_backend);
-    static const char both[] = LUA_PRELUDE
-        "local t0 = cm.time.now()\n"
-        "local r = backends.check_all(s, { 'slow_a', 'slow_b' })\n"
-        "local ms = cm.time.now() - t0\n"
-        "print(('two 300 ms checks took %.0f ms'):format(ms))\n"
-        "expect(r.slow_a.healthy and r.slow_b.healthy, 'both healthy')\n"
-        "expect(ms >= 250 and ms < 450, 'took', ms, 'ms')\n";
+    static const char both[] =
+        LUA_PRELUDE "local t0 = cm.time.now()\n"
+                    "local r = backends.check_all(s, { 'slow_a', 'slow_b' })\n"
+                    "local ms = cm.time.now() - t0\n"
+                    "print(('two 300 ms checks took %.0f ms'):format(ms))\n"
+                    "expect(r.slow_a.healthy and r.slow_b.healthy, 'both healthy')\n"
+                    "expect(ms >= 250 and ms < 450, 'took', ms, 'ms')\n";
     setenv("CMT_ROOT", f->root, 1);
     assert_int_equal(cmt_lua(both), 0);
 }
@@ -549,7 +558,8 @@ static void test_ollama_and_llamacpp_concurrently(void **state)
         "local t0 = cm.time.now()\n"
         "local r = backends.check_all(s)\n"
         "local ms = cm.time.now() - t0\n"
-        "print(('ollama %d ms, llamacpp %d ms, together %.0f ms'):format(r.ollama.ms, r.llamacpp.ms, ms))\n"
+        "print(('ollama %d ms, llamacpp %d ms, together %.0f ms'):format(r.ollama.ms, "
+        "r.llamacpp.ms, ms))\n"
         "expect(r.ollama.healthy == true, r.ollama.detail)\n"
         "expect(r.llamacpp.healthy == true, r.llamacpp.detail)\n"
         "expect(r.ollama.ms >= 250 and r.llamacpp.ms >= 250, 'each check takes 300 ms')\n"
@@ -563,14 +573,14 @@ static void test_registry(void **state)
     fixture_t *f = *state;
     write_config_port(f, cmt_free_port(), NULL, NULL);
     mkdir_in_root(f, "backends");
-    write_in_root(f, "backends/custom.lua",
-                  "return { name = 'custom', summary = 'mine',\n"
-                  "  check = function(s) return { healthy = true, detail = 'root ' .. s.root } end }\n");
+    write_in_root(
+        f, "backends/custom.lua",
+        "return { name = 'custom', summary = 'mine',\n"
+        "  check = function(s) return { healthy = true, detail = 'root ' .. s.root } end }\n");
     write_in_root(f, "backends/broken.lua", "return {\n");
     write_in_root(f, "backends/notabackend.lua", "return 42\n");
     write_in_root(f, "backends/ollama.lua", "return { check = function() end }\n");
-    write_in_root(f, "backends/raises.lua",
-                  "return { check = function() error('kaboom') end }\n");
+    write_in_root(f, "backends/raises.lua", "return { check = function() error('kaboom') end }\n");
     write_in_root(f, "backends/notes.txt", "not a backend\n");
     static const char registry[] = LUA_PRELUDE
         "expect(table.concat(backends.names(root), ',') == 'custom,llamacpp,ollama,raises',\n"
@@ -579,12 +589,14 @@ static void test_registry(void **state)
         "expect(backends.get(root, 'broken') == nil and backends.get(root, 'nope') == nil, 'get')\n"
         "expect(backends.get(root, 'ollama') == require('backends.ollama'), 'a built-in wins')\n"
         "local r = check('custom')\n"
-        "expect(r.healthy == true and r.detail == 'root ' .. root and type(r.ms) == 'number', 'custom')\n"
+        "expect(r.healthy == true and r.detail == 'root ' .. root and type(r.ms) == 'number', "
+        "'custom')\n"
         "r = check('raises')\n"
         "expect(r.healthy == nil and r.detail:find('check failed: ', 1, true)\n"
         "  and r.detail:find('kaboom', 1, true), r.detail)\n"
         "local all = backends.check_all(s)\n"
-        "expect(all.custom and all.raises and all.ollama and all.llamacpp, 'check_all covers all')\n"
+        "expect(all.custom and all.raises and all.ollama and all.llamacpp, 'check_all covers "
+        "all')\n"
         "expect(backends.check_all(s, { 'nope' }).nope.healthy == nil, 'unknown name')\n";
     setenv("CMT_ROOT", f->root, 1);
     assert_int_equal(cmt_lua(registry), 0);
@@ -595,14 +607,16 @@ static void test_backend_order(void **state)
     fixture_t *f = *state;
     mkdir_in_root(f, "backends");
     write_in_root(f, "backends/zeta.lua", "return { check = function() return {} end }\n");
-    write_in_root(f, "config.json",
-                  "{\"backend\": {\"active\": \"ollama\", \"order\": [\"zeta\", \"ollama\", \"gone\"]}}\n");
+    write_in_root(
+        f, "config.json",
+        "{\"backend\": {\"active\": \"ollama\", \"order\": [\"zeta\", \"ollama\", \"gone\"]}}\n");
     static const char order[] = LUA_PRELUDE
         "local names = table.concat(backends.names(root, s), ',')\n"
         "expect(names == 'zeta,ollama,llamacpp', 'order:', names)\n"
         "expect(table.concat(backends.names(s), ',') == names, 'names(settings)')\n"
         "expect(table.concat(backends.names(root), ',') == names, 'names(root) reads the order')\n"
-        "expect(table.concat(backends.names(nil), ',') == 'llamacpp,ollama', 'no root: built-ins only')\n";
+        "expect(table.concat(backends.names(nil), ',') == 'llamacpp,ollama', 'no root: built-ins "
+        "only')\n";
     setenv("CMT_ROOT", f->root, 1);
     assert_int_equal(cmt_lua(order), 0);
 }
@@ -613,12 +627,13 @@ static void test_stuck_check_is_abandoned(void **state)
     fixture_t *f = *state;
     write_config_port(f, cmt_free_port(), NULL, NULL);
     mkdir_in_root(f, "backends");
-    write_in_root(f, "backends/stuck.lua",
-                  "return { check = function() cm.time.sleep(60000) return { healthy = true } end }\n");
-    static const char stuck[] = LUA_PRELUDE
-        "local r, ms = check('stuck')\n"
-        "expect(r.healthy == nil and r.detail:find('did not finish within 3 s', 1, true), r.detail)\n"
-        "expect(ms >= 2900 and ms < 3500, 'took', ms)\n";
+    write_in_root(
+        f, "backends/stuck.lua",
+        "return { check = function() cm.time.sleep(60000) return { healthy = true } end }\n");
+    static const char stuck[] = LUA_PRELUDE "local r, ms = check('stuck')\n"
+                                            "expect(r.healthy == nil and r.detail:find('did not "
+                                            "finish within 3 s', 1, true), r.detail)\n"
+                                            "expect(ms >= 2900 and ms < 3500, 'took', ms)\n";
     setenv("CMT_ROOT", f->root, 1);
     assert_int_equal(cmt_lua(stuck), 0);
 }

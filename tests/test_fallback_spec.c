@@ -39,9 +39,12 @@ static const char row_runner[] =
     "local function check(d, where)\n"
     "  if type(d) ~= 'table' then bad('%s: no decision table: %s', where, dump(d)) return end\n"
     "  local e = row.expect\n"
-    "  if d.action ~= e.action then bad('%s: action %s, expected %s', where, dump(d.action), e.action) end\n"
-    "  if e.to ~= nil and d.to ~= e.to then bad('%s: to %s, expected %s', where, dump(d.to), e.to) end\n"
-    "  if e.action == 'keep' and d.to ~= nil then bad('%s: keep with to=%s', where, dump(d.to)) end\n"
+    "  if d.action ~= e.action then bad('%s: action %s, expected %s', where, dump(d.action), "
+    "e.action) end\n"
+    "  if e.to ~= nil and d.to ~= e.to then bad('%s: to %s, expected %s', where, dump(d.to), e.to) "
+    "end\n"
+    "  if e.action == 'keep' and d.to ~= nil then bad('%s: keep with to=%s', where, dump(d.to)) "
+    "end\n"
     "  if e.restart ~= nil and d.restart ~= e.restart then\n"
     "    bad('%s: restart %s, expected %s', where, dump(d.restart), tostring(e.restart)) end\n"
     "  if type(d.reason) ~= 'string' or d.reason == '' then bad('%s: no reason', where)\n"
@@ -77,19 +80,24 @@ static const char row_runner[] =
     "    local prefix = path .. ':' .. (row.error_line and (row.error_line .. ':') or '')\n"
     "    if type(err) ~= 'string' then bad('no error reported (expected %s)', row.error)\n"
     "    else\n"
-    "      if err:sub(1, #prefix) ~= prefix then bad('error %q does not start with %q', err, prefix) end\n"
-    "      if not err:find(row.error, 1, true) then bad('error %q does not contain %q', err, row.error) end\n"
+    "      if err:sub(1, #prefix) ~= prefix then bad('error %q does not start with %q', err, "
+    "prefix) end\n"
+    "      if not err:find(row.error, 1, true) then bad('error %q does not contain %q', err, "
+    "row.error) end\n"
     "    end\n"
     "    if d and d.policy_error ~= err then bad('decision.policy_error is not the error') end\n"
-    "    if d and type(d.reason) == 'string' and not d.reason:find('built-in policy decided', 1, true) then\n"
+    "    if d and type(d.reason) == 'string' and not d.reason:find('built-in policy decided', 1, "
+    "true) then\n"
     "      bad('the reason does not say the built-in policy decided: %q', d.reason) end\n"
     "  elseif err ~= nil then\n"
     "    bad('unexpected error: %s', tostring(err))\n"
     "  end\n"
     "end\n"
-    "if dump(row.ctx) ~= before then bad('the policy changed the caller\\'s ctx: %s', dump(row.ctx)) end\n"
+    "if dump(row.ctx) ~= before then bad('the policy changed the caller\\'s ctx: %s', "
+    "dump(row.ctx)) end\n"
     "if #problems > 0 then\n"
-    "  io.stderr:write(('row %d (%s):\\n  %s\\n'):format(index, row.name, table.concat(problems, '\\n  ')))\n"
+    "  io.stderr:write(('row %d (%s):\\n  %s\\n'):format(index, row.name, table.concat(problems, "
+    "'\\n  ')))\n"
     "  return 1\n"
     "end\n"
     "return 0\n";
@@ -109,13 +117,14 @@ static void run_row(void **state)
     assert_non_null(rt);
     lua_State *L = cm_runtime_lua(rt);
     int rc = 1;
-    if (luaL_loadbufferx(L, row_runner, strlen(row_runner), "=fallback-spec-runner", "t") != LUA_OK) {
+    if (luaL_loadbufferx(L, row_runner, strlen(row_runner), "=fallback-spec-runner", "t") !=
+        LUA_OK) {
         fprintf(stderr, "%s\n", lua_tostring(L, -1));
         lua_pop(L, 1);
-    } else {                           /* [runner] */
-        lua_pushstring(L, spec_path);  /* [runner, spec] */
+    } else {                            /* [runner] */
+        lua_pushstring(L, spec_path);   /* [runner, spec] */
         lua_pushinteger(L, row->index); /* [runner, spec, index] */
-        lua_pushstring(L, tmp);        /* [runner, spec, index, tmp] */
+        lua_pushstring(L, tmp);         /* [runner, spec, index, tmp] */
         rc = cm_runtime_run(rt, 3);
     }
     cm_runtime_free(rt);
@@ -137,12 +146,12 @@ static row_t *load_rows(size_t *count)
                 lua_isstring(L, -1) ? lua_tostring(L, -1) : "it must return a table");
         lua_close(L);
         return NULL;
-    }                                       /* [rows] */
+    } /* [rows] */
     size_t n = (size_t)luaL_len(L, -1);
     row_t *rows = calloc(n ? n : 1, sizeof *rows);
     for (size_t i = 0; i < n; i++) {
         lua_geti(L, -1, (lua_Integer)i + 1); /* [rows, row] */
-        lua_getfield(L, -1, "name");        /* [rows, row, name] */
+        lua_getfield(L, -1, "name");         /* [rows, row, name] */
         char label[512];
         snprintf(label, sizeof label, "fallback spec %zu: %s", i + 1,
                  lua_isstring(L, -1) ? lua_tostring(L, -1) : "(unnamed)");
@@ -175,7 +184,8 @@ int main(void)
         tests[i].initial_state = &rows[i];
     }
     int failed = _cmocka_run_group_tests("fallback spec", tests, n, NULL, NULL);
-    for (size_t i = 0; i < n; i++) free(rows[i].name);
+    for (size_t i = 0; i < n; i++)
+        free(rows[i].name);
     free(rows);
     free(tests);
     free(spec_path);

@@ -44,8 +44,9 @@ static inst_t *inst_new(const char *mode, const char *env_json, const char *mana
     if (strstr(m, "\"start_timeout\"") == NULL) strcat(defaults, "\"start_timeout\": 10, ");
     if (strstr(m, "\"stop_timeout\"") == NULL) strcat(defaults, "\"stop_timeout\": 5, ");
     if (strstr(m, "\"restart\"") == NULL)
-        strcat(defaults, "\"restart\": {\"policy\": \"on-failure\", \"max_restarts\": 5,"
-                         " \"backoff_initial\": 0.05, \"backoff_max\": 0.2, \"reset_after\": 30}, ");
+        strcat(defaults,
+               "\"restart\": {\"policy\": \"on-failure\", \"max_restarts\": 5,"
+               " \"backoff_initial\": 0.05, \"backoff_max\": 0.2, \"reset_after\": 30}, ");
     char cfg[4096];
     snprintf(cfg, sizeof cfg,
              "{\n"
@@ -59,8 +60,8 @@ static inst_t *inst_new(const char *mode, const char *env_json, const char *mana
              "    %s\"health_path\": \"/health\"%s%s\n"
              "  }\n"
              "}\n",
-             python, in->port, app, mode, env_json ? ", " : "", env_json ? env_json : "",
-             defaults, manager_json ? ", " : "", m);
+             python, in->port, app, mode, env_json ? ", " : "", env_json ? env_json : "", defaults,
+             manager_json ? ", " : "", m);
     char *path = cmt_path(in->root, "config.json");
     cmt_write_file(path, cfg);
     free(path);
@@ -221,7 +222,8 @@ static void crash_at_start_fails_with_the_log(void **state)
     cmt_result_free(&r);
     wait_state(in, "failed", 2000);
     double t0 = cmt_now_ms();
-    while (supervisor_lock_held(in) && cmt_now_ms() - t0 < 3000) usleep(5000);
+    while (supervisor_lock_held(in) && cmt_now_ms() - t0 < 3000)
+        usleep(5000);
     assert_false(supervisor_lock_held(in));
     r = cm_cmd(in, "status", NULL);
     assert_int_equal(r.code, 3);
@@ -411,7 +413,8 @@ static void crash_loop_ends_in_failed_after_max_restarts(void **state)
     cmt_result_free(&r);
     wait_state(in, "failed", 10000);
     double t0 = cmt_now_ms();
-    while (supervisor_lock_held(in) && cmt_now_ms() - t0 < 5000) usleep(5000);
+    while (supervisor_lock_held(in) && cmt_now_ms() - t0 < 5000)
+        usleep(5000);
     assert_false(supervisor_lock_held(in));
     cJSON *st = read_state(in);
     assert_int_equal(state_int(st, "restarts"), 2);
@@ -564,7 +567,8 @@ static void logs_follow_ends_on_ctrl_c(void **state)
     kill(pid, SIGINT);
     int st = 0;
     t0 = cmt_now_ms();
-    while (waitpid(pid, &st, WNOHANG) == 0 && cmt_now_ms() - t0 < 5000) usleep(5000);
+    while (waitpid(pid, &st, WNOHANG) == 0 && cmt_now_ms() - t0 < 5000)
+        usleep(5000);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
     free(out);
@@ -583,7 +587,8 @@ static void run_in_the_foreground(void **state)
     kill(pid, SIGTERM);
     int st = 0;
     double t0 = cmt_now_ms();
-    while (waitpid(pid, &st, WNOHANG) == 0 && cmt_now_ms() - t0 < 10000) usleep(5000);
+    while (waitpid(pid, &st, WNOHANG) == 0 && cmt_now_ms() - t0 < 10000)
+        usleep(5000);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
     assert_false(cmt_pid_alive(app));

@@ -18,27 +18,29 @@
 static void two_sleeps_overlap(void **state)
 {
     (void)state;
-    assert_int_equal(cmt_lua("local t0 = cm.time.now()\n"
-                             "local a = cm.task.spawn(function() cm.time.sleep(300) return 'a' end)\n"
-                             "local b = cm.task.spawn(function() cm.time.sleep(300) return 'b' end)\n"
-                             "local ok1, ra = a:join()\n"
-                             "local ok2, rb = b:join()\n"
-                             "local ms = cm.time.now() - t0\n"
-                             "assert(ok1 and ok2 and ra == 'a' and rb == 'b')\n"
-                             "assert(ms >= 295, 'slept too little: ' .. ms)\n"
-                             "assert(ms < 450, 'sleeps did not overlap: ' .. ms)\n"),
-                     0);
+    assert_int_equal(
+        cmt_lua("local t0 = cm.time.now()\n"
+                "local a = cm.task.spawn(function() cm.time.sleep(300) return 'a' end)\n"
+                "local b = cm.task.spawn(function() cm.time.sleep(300) return 'b' end)\n"
+                "local ok1, ra = a:join()\n"
+                "local ok2, rb = b:join()\n"
+                "local ms = cm.time.now() - t0\n"
+                "assert(ok1 and ok2 and ra == 'a' and rb == 'b')\n"
+                "assert(ms >= 295, 'slept too little: ' .. ms)\n"
+                "assert(ms < 450, 'sleeps did not overlap: ' .. ms)\n"),
+        0);
 }
 
 static void join_reports_errors(void **state)
 {
     (void)state;
-    assert_int_equal(cmt_lua("local t = cm.task.spawn(function() cm.time.sleep(1) error('boom') end)\n"
-                             "local ok, err = t:join()\n"
-                             "assert(ok == false)\n"
-                             "assert(err:find('boom'), err)\n"
-                             "assert(err:find('stack traceback'), 'no traceback: ' .. err)\n"),
-                     0);
+    assert_int_equal(
+        cmt_lua("local t = cm.task.spawn(function() cm.time.sleep(1) error('boom') end)\n"
+                "local ok, err = t:join()\n"
+                "assert(ok == false)\n"
+                "assert(err:find('boom'), err)\n"
+                "assert(err:find('stack traceback'), 'no traceback: ' .. err)\n"),
+        0);
 }
 
 static void main_task_error_exits_1(void **state)
@@ -66,19 +68,20 @@ static void plain_coroutine_cannot_wait(void **state)
 static void events_wake_waiters(void **state)
 {
     (void)state;
-    assert_int_equal(cmt_lua("local ev = cm.task.event()\n"
-                             "local got = {}\n"
-                             "local a = cm.task.spawn(function() local v = ev:wait() got[#got+1] = v end)\n"
-                             "local b = cm.task.spawn(function() local v = ev:wait(5000) got[#got+1] = v end)\n"
-                             "cm.time.timer(20, 0, function() ev:set('x') end)\n"
-                             "a:join() b:join()\n"
-                             "assert(#got == 2 and got[1] == 'x' and got[2] == 'x')\n"
-                             "assert(ev:wait() == 'x')\n"
-                             "local t0 = cm.time.now()\n"
-                             "local v, why = cm.task.event():wait(50)\n"
-                             "assert(v == nil and why == 'timeout')\n"
-                             "assert(cm.time.now() - t0 < 1000)\n"),
-                     0);
+    assert_int_equal(
+        cmt_lua("local ev = cm.task.event()\n"
+                "local got = {}\n"
+                "local a = cm.task.spawn(function() local v = ev:wait() got[#got+1] = v end)\n"
+                "local b = cm.task.spawn(function() local v = ev:wait(5000) got[#got+1] = v end)\n"
+                "cm.time.timer(20, 0, function() ev:set('x') end)\n"
+                "a:join() b:join()\n"
+                "assert(#got == 2 and got[1] == 'x' and got[2] == 'x')\n"
+                "assert(ev:wait() == 'x')\n"
+                "local t0 = cm.time.now()\n"
+                "local v, why = cm.task.event():wait(50)\n"
+                "assert(v == nil and why == 'timeout')\n"
+                "assert(cm.time.now() - t0 < 1000)\n"),
+        0);
 }
 
 /* Repeating timers call back from fresh tasks until stopped. */
@@ -114,11 +117,12 @@ static void help_lists_every_command(void **state)
     char *dir = cmt_tempdir();
     cmt_result_t r = cmt_cm(dir, NULL, 10000, "help", NULL);
     assert_int_equal(r.code, 0);
-    const char *expected[] = {"start [port]", "stop", "force-stop", "restart [port]", "status",
-                              "logs", "run [port]", "backend status", "backend switch",
-                              "backend health", "help", NULL};
+    const char *expected[] = {"start [port]",   "stop",           "force-stop", "restart [port]",
+                              "status",         "logs",           "run [port]", "backend status",
+                              "backend switch", "backend health", "help",       NULL};
     for (int i = 0; expected[i]; i++) {
-        if (strstr(r.out, expected[i]) == NULL) fail_msg("help does not list '%s':\n%s", expected[i], r.out);
+        if (strstr(r.out, expected[i]) == NULL)
+            fail_msg("help does not list '%s':\n%s", expected[i], r.out);
     }
     cmt_result_free(&r);
     r = cmt_cm(dir, NULL, 10000, "--help", NULL);
@@ -153,8 +157,9 @@ static void user_commands_are_registered(void **state)
     char *cmds = cmt_path(dir, "commands");
     mkdir(cmds, 0755);
     char *hello = cmt_path(cmds, "hello.lua");
-    cmt_write_file(hello, "return { name = 'hello', usage = 'hello', summary = 'say hello',\n"
-                          "  run = function(ctx, args) print('hello ' .. (args[1] or '')) return 5 end }\n");
+    cmt_write_file(
+        hello, "return { name = 'hello', usage = 'hello', summary = 'say hello',\n"
+               "  run = function(ctx, args) print('hello ' .. (args[1] or '')) return 5 end }\n");
     char *broken = cmt_path(cmds, "broken.lua");
     cmt_write_file(broken, "return {{{\n");
     cmt_result_t r = cmt_cm(dir, NULL, 10000, "hello", "world", NULL);

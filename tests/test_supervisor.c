@@ -131,7 +131,8 @@ static char *app_health(int port)
     char *buf = calloc(1, 8192);
     size_t n = 0;
     ssize_t got;
-    while (n < 8191 && (got = read(fd, buf + n, 8191 - n)) > 0) n += (size_t)got;
+    while (n < 8191 && (got = read(fd, buf + n, 8191 - n)) > 0)
+        n += (size_t)got;
     close(fd);
     return buf;
 }
@@ -249,7 +250,8 @@ static void usr1_checks_backends_now(void **state)
     w->ollama = 0;
     assert_int_equal(kill(sup, SIGUSR1), 0);
     double t0 = cmt_now_ms();
-    while (count_in_logs(w->root, "unhealthy (1 in a row)") < 1 && cmt_now_ms() - t0 < 5000) usleep(10000);
+    while (count_in_logs(w->root, "unhealthy (1 in a row)") < 1 && cmt_now_ms() - t0 < 5000)
+        usleep(10000);
     assert_true(app_backend_is(w->port, "ollama")); /* one failure: hysteresis keeps it */
     assert_int_equal(kill(sup, SIGUSR1), 0);
     assert_int_equal(wait_backend(w->port, "llamacpp", 10000), 0);
@@ -288,7 +290,8 @@ static void old_session_logs_are_pruned(void **state)
     char *logs = cmt_path(w->root, "logs");
     mkdir(logs, 0755);
     const char *old[] = {"chat-o-llama_20240101_000000.log", "chat-o-llama_20240102_000000.log",
-                         "chat-o-llama_20240103_000000.log", "chat-o-llama_20240104_000000.log", NULL};
+                         "chat-o-llama_20240103_000000.log", "chat-o-llama_20240104_000000.log",
+                         NULL};
     for (int i = 0; old[i]; i++) {
         char *p = cmt_path(logs, old[i]);
         cmt_write_file(p, "old\n");
@@ -343,7 +346,8 @@ static void force_stop_kills_only_marked_processes(void **state)
     cmt_result_free(&r);
     int st;
     double t0 = cmt_now_ms();
-    while (waitpid(marked, &st, WNOHANG) == 0 && cmt_now_ms() - t0 < 5000) usleep(5000);
+    while (waitpid(marked, &st, WNOHANG) == 0 && cmt_now_ms() - t0 < 5000)
+        usleep(5000);
     assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
     assert_int_equal(kill(foreign, 0), 0);
     assert_true(cmt_wait_dead(app, 5000));

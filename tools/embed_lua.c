@@ -60,7 +60,8 @@ int main(int argc, char **argv)
         chunk_t src = {0};
         char buf[8192];
         size_t n;
-        while ((n = fread(buf, 1, sizeof buf, f)) > 0) collect(L, buf, n, &src);
+        while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+            collect(L, buf, n, &src);
         fclose(f);
         if (luaL_loadbufferx(L, (const char *)src.data, src.len, chunkname, "t") != LUA_OK) {
             fprintf(stderr, "%s\n", lua_tostring(L, -1));

@@ -38,7 +38,8 @@ double cmt_now_ms(void)
 const char *cmt_env(const char *name)
 {
     const char *v = getenv(name);
-    if (v == NULL || v[0] == '\0') fail_msg("environment variable %s is not set (run via ctest)", name);
+    if (v == NULL || v[0] == '\0')
+        fail_msg("environment variable %s is not set (run via ctest)", name);
     return v;
 }
 
@@ -118,8 +119,10 @@ char *cmt_read_file(const char *path, size_t *len)
 static char **make_env(const char *const extra[])
 {
     size_t n = 0, m = 0;
-    while (environ[n]) n++;
-    while (extra && extra[m]) m++;
+    while (environ[n])
+        n++;
+    while (extra && extra[m])
+        m++;
     char **envp = calloc(n + m + 1, sizeof *envp);
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
@@ -130,7 +133,8 @@ static char **make_env(const char *const extra[])
         }
         if (!replaced) envp[k++] = environ[i];
     }
-    for (size_t j = 0; j < m; j++) envp[k++] = (char *)extra[j];
+    for (size_t j = 0; j < m; j++)
+        envp[k++] = (char *)extra[j];
     envp[k] = NULL;
     return envp;
 }
@@ -248,7 +252,8 @@ cmt_result_t cmt_cm(const char *root, const char *const env[], int timeout_ms, .
     va_list ap;
     va_start(ap, timeout_ms);
     const char *a;
-    while ((a = va_arg(ap, const char *)) != NULL && n < 62) argv[n++] = a;
+    while ((a = va_arg(ap, const char *)) != NULL && n < 62)
+        argv[n++] = a;
     va_end(ap);
     argv[n] = NULL;
     return cmt_run(argv, env, timeout_ms);

@@ -26,10 +26,10 @@ void cmt_write_file(const char *path, const char *data);
 char *cmt_read_file(const char *path, size_t *len);
 
 typedef struct cmt_result {
-    int code;      /* exit code, or 128+signal, or -1 when it timed out */
-    char *out;     /* stdout, NUL-terminated */
-    char *err;     /* stderr, NUL-terminated */
-    double ms;     /* wall time */
+    int code;  /* exit code, or 128+signal, or -1 when it timed out */
+    char *out; /* stdout, NUL-terminated */
+    char *err; /* stderr, NUL-terminated */
+    double ms; /* wall time */
 } cmt_result_t;
 
 /* Runs argv (argv[0] a path) with extra "K=V" environment entries (NULL
