@@ -24,6 +24,11 @@
  *       Reads numbers (one per whitespace-separated token) from stdin and
  *       prints "MEDIAN MIN MAX N" ("nan" tokens are skipped).
  *
+ * While measuring a gap the helper asks for SCHED_FIFO (best effort, with
+ * SCHED_RESET_ON_FORK so the measured command runs with the ordinary
+ * policy): on a busy machine a starved poller would see the app's answer or
+ * exit late and report a gap that is too small.
+ *
  * Every clock is CLOCK_MONOTONIC.  Every wait is bounded by TIMEOUT_MS; a
  * command that outlives it is killed (its process group: it runs in one of
  * its own) and the helper exits 1.
@@ -35,6 +40,7 @@
 #include <math.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -294,6 +300,17 @@ static int free_port(void)
     return 0;
 }
 
+/* Best effort: a real-time poller, children back to SCHED_OTHER. */
+static void prefer_cpu(void)
+{
+#ifdef SCHED_RESET_ON_FORK
+    struct sched_param sp = {.sched_priority = 10};
+    if (sched_setscheduler(0, SCHED_FIFO | SCHED_RESET_ON_FORK, &sp) != 0)
+        fprintf(stderr, "benchtool: no SCHED_FIFO (%s); gaps may read low on a busy machine\n",
+                strerror(errno));
+#endif
+}
+
 static void usage(void)
 {
     fprintf(stderr, "usage: benchtool start-gap PORT TIMEOUT_MS -- CMD...\n"
@@ -313,6 +330,7 @@ int main(int argc, char **argv)
         long target = strtol(argv[2], NULL, 10);
         double timeout = strtod(argv[3], NULL);
         if (target <= 0 || timeout <= 0) usage();
+        prefer_cpu();
         if (strcmp(cmd, "start-gap") == 0) return start_gap((int)target, timeout, argv + 5);
         return stop_gap((pid_t)target, timeout, argv + 5);
     }
