@@ -5,12 +5,41 @@
 
 local M = {}
 
+-- Checks every backend in a child (`backend status --json`): libcurl and
+-- the TLS stacks never load into the long-lived supervisor (its RSS stays
+-- small), and a check that hangs or crashes cannot take it down.
+local function check_in_child(sv)
+    local limit = (sv.settings:get("manager.health_timeout") + 5) * 1000
+    local res, err = cm.proc.run({
+        argv = { cm.sys.exe(), "--root", sv.inst.root, "--json", "--no-color", "backend", "status" },
+        timeout = limit,
+    })
+    if not res then return nil, err end
+    local doc = cm.json.decode(res.stdout)
+    if type(doc) ~= "table" or type(doc.backends) ~= "table" then
+        return nil, ("backend status gave no answer (exit %d): %s"):format(res.code,
+            (res.stderr or ""):sub(1, 200))
+    end
+    local results = {}
+    for name, r in pairs(doc.backends) do
+        if type(r) == "table" then
+            if r.healthy == cm.json.null then r.healthy = nil end
+            results[name] = r
+        end
+    end
+    return results
+end
+
 function M.tick(sv)
     local backends = require("backends")
     local fallback = require("policy.fallback")
     local settings = sv.settings
     local ctx = sv.ctx
-    local results = backends.check_all(settings)
+    local results, err = check_in_child(sv)
+    if not results then
+        sv:log("backend check failed: %s", err)
+        return
+    end
     local active = settings:get("backend.active")
     local health = {}
     for name, r in pairs(results) do health[name] = r.healthy end

@@ -57,14 +57,15 @@ end
 
 function M:write_state(state)
     return cm.fs.write_atomic(self.state_file, cm.json.encode(state, true) .. "\n",
-        tonumber("600", 8))
+        tonumber("600", 8), false)
 end
 
 -- process.pid: the PID on the first line (what tools that read it expect),
 -- then a comment line with the start time and the instance id.
 function M:write_pid_file(pid, start_time)
     return cm.fs.write_atomic(self.pid_file,
-        ("%d\n# start_time=%s instance=%s\n"):format(pid, tostring(start_time or ""), self.id))
+        ("%d\n# start_time=%s instance=%s\n"):format(pid, tostring(start_time or ""), self.id),
+        tonumber("644", 8), false)
 end
 
 -- Returns pid, start_time (nil in the old script's format), or nil.

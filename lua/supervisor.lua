@@ -15,7 +15,7 @@ local lifecycle = require("lifecycle")
 
 local M = {}
 
-local PROBE_INTERVAL_MS = 10
+local PROBE_INTERVAL_MS = 5
 
 -- Builds the app's command, working directory and environment (DESIGN §8).
 function M.app_launch(settings, inst, port)
@@ -173,9 +173,12 @@ function actions.probe_ready(sv)
         while sv.ctx.attempt == attempt and sv.machine:state() == "starting" do
             local ok = cm.net.connect("127.0.0.1", port, 1000)
             if ok and path then
-                local res = cm.http.get(("http://127.0.0.1:%d%s"):format(port, path),
-                    { timeout = timeout, connect_timeout = 1000, max_bytes = 65536 })
-                ok = res and res.status >= 200 and res.status < 300
+                local res = cm.proc.run({
+                    argv = { cm.sys.exe(), "_http_get",
+                             ("http://127.0.0.1:%d%s"):format(port, path), tostring(timeout) },
+                    timeout = timeout + 2000,
+                })
+                ok = res and res.code == 0
             end
             if ok and sv.ctx.attempt == attempt and sv.machine:state() == "starting" then
                 sv.ctx.ready_ms = math.floor(cm.time.now() - sv.ctx.spawned_at + 0.5)
@@ -382,13 +385,23 @@ function Supervisor:start_health_loop()
     self.health_timer = cm.time.timer(0, interval, function() self:check_backends() end)
 end
 
+-- One check at a time; a request that arrives during a check (USR1, the
+-- timer) runs right after it, so none is lost.
 function Supervisor:check_backends()
-    if self.checking or self.machine:state() ~= "running" then return end
+    if self.checking then
+        self.check_again = true
+        return
+    end
     self.checking = true
-    local ok, err = pcall(require("health").tick, self)
+    repeat
+        self.check_again = false
+        if self.machine:state() == "running" then
+            local ok, err = pcall(require("health").tick, self)
+            if not ok then self:log("health check failed: %s", err) end
+            self:save_state()
+        end
+    until not self.check_again
     self.checking = false
-    if not ok then self:log("health check failed: %s", err) end
-    self:save_state()
 end
 
 -- Restarts the app gracefully (HUP, or a backend switch).
@@ -435,7 +448,8 @@ function M.run(opts)
         return early_fail(err)
     end
     inst:prune_logs(settings:get("manager.log_keep"))
-    cm.fs.write_atomic(inst.supervisor_pid_file, ("%d\n"):format(cm.sys.pid()))
+    cm.fs.write_atomic(inst.supervisor_pid_file, ("%d\n"):format(cm.sys.pid()), tonumber("644", 8),
+        false)
     cm.proc.set_subreaper()
 
     local restart = settings:get("manager.restart")

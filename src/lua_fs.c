@@ -100,6 +100,10 @@ static int l_write_atomic(lua_State *L)
     const char *path = luaL_checkstring(L, 1);
     const char *data = luaL_checklstring(L, 2, &len);
     mode_t mode = (mode_t)luaL_optinteger(L, 3, 0644);
+    /* Runtime state (state.json, pid files) is rewritten on every
+     * transition and is stale after a power loss anyway: the rename alone
+     * keeps it whole, and skipping fsync keeps transitions fast. */
+    int sync = lua_isnoneornil(L, 4) ? 1 : lua_toboolean(L, 4);
     struct stat st;
     if (stat(path, &st) == 0) mode = st.st_mode & 07777;
 
@@ -113,7 +117,7 @@ static int l_write_atomic(lua_State *L)
 
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
     if (fd < 0) return fail_errno(L, tmp, errno);
-    if (write_all(fd, data, len) != 0 || fchmod(fd, mode) != 0 || fsync(fd) != 0) {
+    if (write_all(fd, data, len) != 0 || fchmod(fd, mode) != 0 || (sync && fsync(fd) != 0)) {
         int err = errno;
         close(fd);
         unlink(tmp);
@@ -125,7 +129,7 @@ static int l_write_atomic(lua_State *L)
         unlink(tmp);
         return fail_errno(L, path, err);
     }
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int dfd = sync ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
     if (dfd >= 0) {
         fsync(dfd);
         close(dfd);
