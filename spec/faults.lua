@@ -1,0 +1,603 @@
+--[[
+The fault matrix (issue 5, DESIGN §5 and §9): one row per failure mode, each
+run by tests/test_faults.c as its own cmocka test named after the row, with
+the real binary, the fixture app (fixtures/README.md) and real processes in a
+fresh temporary root.  This file is data; the runner is the only code.
+
+A row:
+  name        the test's name (unique; letters, digits and _)
+  app         FAKE_APP_MODE of the fixture app ("instant" when absent)
+  app_env     more variables for the app (manager.app.env), strings
+  config      merged key by key over `base_config` below; strings "$APP",
+              "$PYTHON" and "$PORT" (the row's own free port, a number) are
+              filled in, and "$URL:<server>" is the URL of a fake-http the
+              row declares in `servers`
+  servers     { <id> = "<fake-http mode>" }: started (each on a free port)
+              before config.json is written; steps can kill and restart them
+  models      true: copies the fixture GGUF valid-v3.gguf into <root>/models
+  cm_env      extra environment of every command the row runs
+  needs       "mount": the row mounts a tmpfs; skipped where mount is refused
+  steps       the injection, run in order (vocabulary below)
+  expect      the end state, checked after the steps:
+                state        what `status --json` says ("stopped", "running",
+                             "failed"); "running|stopped" is decided by the
+                             start_and_stop_at_once step
+                status       its exit code (LSB: 0 running, 1 dead, 3 not)
+                app_running  true: exactly one app (plus its supervisor)
+                             carries the instance marker, and it is the pid
+                             state.json names; false (default): no process
+                             carrying CHAT_MANAGER_INSTANCE=<id> is left
+                config       "unchanged" (default): config.json is byte-
+                             identical to what the row last wrote (a step
+                             that deletes or corrupts it sets that); or
+                             { switched_to = name }: the only difference is
+                             backend.active, now `name`, every other key and
+                             their order kept
+  expect_fail a diagnosis: the product is known to fail this row.  The row
+              still runs; when it fails with `symptom` (a text of the
+              failure report) the diagnosis is printed and the test is
+              skipped (XFAIL); any other failure, and any safety finding
+              (a foreign process harmed, config.json changed) fails it as
+              usual; should it pass, it fails so that the mark is removed.
+              CM_FAULTS_STRICT=1 runs such rows as normal tests.
+
+Always checked as well: every foreign process the row started (sentinels,
+a fake-http holding the port) is alive, was never signalled (a sentinel
+records every catchable signal and is never found stopped), and fake-http
+servers the row did not stop itself are still serving.  Every row checks a
+message somewhere (a step with `says`).
+
+Steps (first element the verb; `says` is a string or a list of strings that
+must all occur in the command's stdout+stderr, `not_says` likewise must not;
+`code` the exit code; `timeout` ms, each wait is bounded):
+  { "cm", args..., code=, says=, not_says=, retry_ms= }
+        runs `chat-manager --root ROOT args...`; with retry_ms the command
+        is repeated until its expectations hold or the time is up
+  { "cm_bg", args..., id= }          starts a command in the background
+  { "wait_bg", id, code=, says= }    waits for it and checks it
+  { "concurrent", {args...}, {args...}, codes={...}, loser_says= }
+        starts both commands at the same moment; `codes` is the sorted list
+        of their exit codes; the one that failed says `loser_says`
+  { "start_and_stop_at_once" }       start and stop at the same moment; both
+        exit 0, and the end state must follow the order they ran in (stop
+        first: "not running", then running; start first: stopped)
+  { "wait_state", state }            state.json says `state`
+  { "state_is", field = value, ... } state.json fields (numbers, strings)
+  { "remember_app" } / { "wait_new_app" }   the app pid of state.json, then
+        wait for a running app with another pid
+  { "app_alive" }                    the app's pid lives and GET /health on
+                                     its port answers 200
+  { "supervisor_alive" }             run/lock is held and the pid in
+                                     run/supervisor.pid lives
+  { "wait_supervisor_gone" }         run/lock released
+  { "kill_supervisor" }              SIGKILL to the supervisor
+  { "signal_supervisor", SIG }       e.g. "HUP", "USR1"
+  { "signal_app", SIG }              to the app (state.json pid); "STOP" waits
+                                     until /proc shows it stopped; "KILL"
+                                     waits until it is gone
+  { "delete_config" }                removes config.json
+  { "corrupt_config", fixture= | text= }   replaces config.json's bytes
+  { "mount_tmpfs", dir, size= }     a tmpfs on <root>/<dir> (run, logs)
+  { "read_only", dir }               <root>/<dir> (created if missing)
+        becomes read-only for every new open, root's included: a read-only
+        bind mount of it on itself (open files stay writable)
+  { "replace_with_file", dir }       <root>/<dir> becomes a regular file
+  { "fill_disk", dir }               fills the tmpfs on dir (a filler file,
+                                     then the newest log, to the last byte)
+  { "limit_log_size" }               RLIMIT_FSIZE of the supervisor set to
+                                     the size of its log (prlimit)
+  { "take_port" }                    a fake-http (foreign) binds the app's
+                                     port on 127.0.0.1
+  { "sentinel", id }                 a foreign process recording signals
+  { "write_pid_file", of=id, start_time=true|false }   process.pid naming
+        the sentinel, with a start time that is not its own, or in the old
+        script's format (the PID alone)
+  { "write_supervisor_pid", of=id }  run/supervisor.pid naming the sentinel
+  { "write_state", of=id }           run/state.json: running, pid and pgid
+                                     the sentinel, with a wrong pid_start
+  { "kill_server", id } / { "start_server", id }   a fake-http of `servers`
+                                     (restarted on the same port)
+  { "wait_served", id, n= }          that server answered n requests with
+                                     200 since it was last started
+  { "wait_log", text, count= }       the session logs contain text (count
+                                     times at least)
+  { "log_has", text... } / { "log_count", text, n= | max= }
+  { "log_order", text... }           each text first occurs after the
+                                     previous one's first occurrence
+]]
+
+local stop_msg = "Chat-O-Llama stopped"
+
+-- Shared by the rows that list an empty logs/ directory (status does).
+local qsort_bug = "src/lua_fs.c l_list (cm.fs.list) calls qsort(names, n, ...) with " ..
+  "names == NULL when the directory is empty (n == 0): undefined behaviour, which the " ..
+  "sanitizer build (CM_SANITIZE, what CI runs) reports as 'null pointer passed as " ..
+  "argument 1' and aborts, so `status` exits 1 with no output whenever logs/ exists but " ..
+  "is empty (instance.newest_log lists it); qsort only when n > 1"
+
+return {
+  base_config = {
+    backend = { active = "ollama", auto_fallback = false, health_check_interval = 3600 },
+    ollama = { base_url = "http://127.0.0.1:1" },
+    llamacpp = { python = "$PYTHON", model_path = "./models" },
+    server = { port = "$PORT" },
+    manager = {
+      app = { command = { "$APP" }, env = {} },
+      start_timeout = 20,
+      stop_timeout = 5,
+      restart = { policy = "on-failure", max_restarts = 5, backoff_initial = 0.05,
+                  backoff_max = 0.2, reset_after = 30 },
+    },
+  },
+  -- The llama.cpp import probe fails fast unless a row says otherwise.
+  cm_env = { FAKE_PYTHON_LLAMA = "missing" },
+
+  rows = {
+    ---- the supervisor killed (SIGKILL) in each state ---------------------
+    { name = "supervisor_sigkill_while_starting",
+      app = "slow", app_env = { FAKE_APP_DELAY_MS = "3000" },
+      steps = {
+        { "cm_bg", "start", id = "start" },
+        { "wait_state", "starting" },
+        { "kill_supervisor" },
+        { "wait_bg", "start", code = 1, says = "failed to start" },
+        { "cm", "status", code = 0, says = "supervisor is gone" },
+        { "cm", "stop", code = 0, says = stop_msg },
+      },
+      expect = { state = "stopped", status = 3 } },
+
+    { name = "supervisor_sigkill_while_running",
+      steps = {
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "wait_state", "running" },
+        { "kill_supervisor" },
+        { "app_alive" },
+        { "cm", "status", code = 0, says = "supervisor is gone" },
+        { "cm", "start", code = 1, says = "already running without its supervisor" },
+        { "cm", "stop", code = 0, says = stop_msg },
+      },
+      expect = { state = "stopped", status = 3 } },
+
+    -- A stop in flight (the app ignores TERM, so it stays in stopping).
+    { name = "supervisor_sigkill_while_stopping",
+      app = "ignore-term", config = { manager = { stop_timeout = 20 } },
+      steps = {
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "cm_bg", "stop", id = "stop" },
+        { "wait_state", "stopping" },
+        { "kill_supervisor" },
+        { "wait_bg", "stop", code = 0, says = stop_msg },
+      },
+      expect = { state = "stopped", status = 3 },
+      symptom = 'status --json says "dead"',
+      expect_fail = "lua/control.lua M.stop_locked: when the supervisor it signalled dies " ..
+        "instead of finishing the stop, wait_exit() still succeeds and stop_orphans() kills " ..
+        "the app, so stop says 'Chat-O-Llama stopped' (exit 0), but it leaves what only " ..
+        "the supervisor cleans up: process.pid (naming the dead app) and run/state.json " ..
+        "('stopping'); status then says 'dead' (exit 1) instead of stopped (3).  After the " ..
+        "supervisor is gone, stop should do the unsupervised branch's cleanup too (remove " ..
+        "the stale pid file, write state 'stopped')" },
+
+    ---- the app misbehaves -------------------------------------------------
+    { name = "app_sigstopped_stop_still_finishes",
+      steps = {
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "signal_app", "STOP" },
+        { "cm", "stop", code = 0, says = stop_msg },
+      },
+      expect = { state = "stopped", status = 3 } },
+
+    { name = "app_sigstopped_ignoring_term_stop_finishes_by_kill",
+      app = "ignore-term", config = { manager = { stop_timeout = 1 } },
+      steps = {
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "signal_app", "STOP" },
+        { "cm", "stop", code = 0, says = stop_msg },
+        -- an action is logged before the transition that ran it
+        { "log_order", "running -> stopping on stop", "killing process group",
+          "stopping -> stopping on stop_timeout", "stopping -> stopped on exited (killed by SIGKILL)" },
+      },
+      expect = { state = "stopped", status = 3 } },
+
+    { name = "app_crash_loop_backoff_cap_then_failed",
+      app = "crash-later", app_env = { FAKE_APP_DELAY_MS = "150" },
+      config = { manager = { restart = { max_restarts = 3, backoff_initial = 0.2,
+                                         backoff_max = 0.4 } } },
+      steps = {
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "wait_state", "failed", timeout = 30000 },
+        { "wait_supervisor_gone" },
+        { "state_is", state = "failed", restarts = 3 },
+        -- doubling from 0.2 s, capped at 0.4 s, then no fourth restart
+        { "log_order", "restart 1 of 3 in 0.2 s", "restart 2 of 3 in 0.4 s",
+          "restart 3 of 3 in 0.4 s", "giving up after 3 restarts" },
+        { "log_count", "restart 4 of", n = 0 },
+        { "log_count", "simulated crash after start", n = 4 },
+        { "cm", "status", code = 3, says = { "has failed", "exit code 3" } },
+      },
+      expect = { state = "failed", status = 3 } },
+
+    { name = "app_exits_zero_on_its_own",
+      app = "exit-zero", app_env = { FAKE_APP_DELAY_MS = "300" },
+      steps = {
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "wait_state", "stopped" },
+        { "wait_supervisor_gone" },
+        { "log_has", "running -> stopped on exited (exit code 0)" },
+        { "log_count", "restart 1 of", n = 0 },
+        { "cm", "status", code = 3, says = "not running" },
+      },
+      expect = { state = "stopped", status = 3 } },
+
+    ---- the config changes under a running app ----------------------------
+    -- The supervisor reads config.json again when it (re)starts the app:
+    -- a restart (HUP) or a crash.  It must keep its last good config.
+    { name = "config_deleted_while_running",
+      steps = {
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "remember_app" },
+        { "delete_config" },
+        { "signal_supervisor", "HUP" },
+        { "wait_new_app", timeout = 15000 }, -- a restart takes well under a second
+        { "app_alive" },
+        { "wait_log", "keeping the last good config" },
+        { "log_count", "started python3 app.py", n = 0 },
+        { "cm", "status", code = 0, says = "is running" },
+        { "cm", "stop", code = 0, says = stop_msg },
+      },
+      expect = { state = "stopped", status = 3 },
+      symptom = "no new app running",
+      expect_fail = "lua/supervisor.lua Supervisor:reload_settings (called by spawn_app on " ..
+        "every restart) uses settings.load(), which treats a missing config.json as 'no " ..
+        "config, use the defaults' (right for a first start, as the old script did); so " ..
+        "after config.json is deleted a HUP restart replaces the last good config by the " ..
+        "defaults without logging anything, spawns `python3 app.py`, which exits 2, and " ..
+        "the supervisor retries that until it gives up.  reload_settings should keep the " ..
+        "last good settings when the file has gone (code ENOENT) and log it like an " ..
+        "invalid file" },
+
+    { name = "config_invalid_while_running",
+      steps = {
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "remember_app" },
+        { "corrupt_config", fixture = "configs/syntax-error-line7.json" },
+        { "signal_app", "KILL" }, -- a crash: the supervisor restarts the app
+        { "wait_new_app" },
+        { "app_alive" },
+        { "wait_log", "config error, keeping the last good config" },
+        { "log_has", "config.json:7:3:" },
+        { "cm", "status", code = 0, says = { "is running", "config.json:7:3: invalid JSON" } },
+        { "cm", "stop", code = 0, says = stop_msg },
+      },
+      expect = { state = "stopped", status = 3 } },
+
+    { name = "config_wrong_type_while_running",
+      steps = {
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "remember_app" },
+        { "corrupt_config", text = '{ "server": { "port": "abc" } }\n' },
+        { "signal_supervisor", "HUP" },
+        { "wait_new_app" },
+        { "app_alive" },
+        { "wait_log", "config error, keeping the last good config" },
+        { "cm", "status", code = 0, says = { "is running", "'server.port' must be" } },
+        { "cm", "stop", code = 0, says = stop_msg },
+      },
+      expect = { state = "stopped", status = 3 } },
+
+    ---- run/ and logs/ not writable (root ignores modes: mounts, files) ----
+    { name = "run_dir_read_only_at_start", needs = "mount",
+      steps = {
+        { "read_only", "run" },
+        { "cm", "start", code = 1, says = { "run/cmd.lock", "Read-only file system" },
+          not_says = "another command is still working" },
+        { "cm", "status", code = 3, says = "not running" },
+      },
+      expect = { state = "stopped", status = 3 },
+      symptom = 'says "another command is still working"',
+      expect_fail = "lua/control.lua M.with_lock reports every failure of " ..
+        "cm.fs.lock(run/cmd.lock) as 'another command is still working on ROOT (...)', " ..
+        "also EROFS, EACCES or ENOTDIR, which are no contention at all; only the timeout " ..
+        "(code busy) means that; any other error should say that run/cmd.lock cannot be " ..
+        "opened and why" },
+
+    { name = "run_dir_read_only_while_running", needs = "mount",
+      steps = {
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "read_only", "run" },
+        { "cm", "status", code = 0, says = "is running" },
+        { "cm", "stop", code = 0, says = stop_msg },
+      },
+      expect = { state = "stopped", status = 3 },
+      symptom = "chat-manager stop: exit code 1, expected 0",
+      expect_fail = "a running app cannot be stopped once run/ is read-only: lua/control.lua " ..
+        "M.stop -> M.with_lock opens run/cmd.lock with O_RDWR|O_CREAT (cm.fs.lock, " ..
+        "src/lua_fs.c l_lock), which fails with EROFS even though the file exists, and stop " ..
+        "gives up with 'another command is still working on ROOT (...: Read-only file " ..
+        "system)', exit 1.  The supervisor is alive and reachable by signal; stop (and " ..
+        "force-stop's kin) should still work: open an existing lock file O_RDONLY (flock " ..
+        "needs no write access), or go on without the command lock when it cannot be " ..
+        "created, saying so" },
+
+    { name = "logs_dir_read_only_at_start", needs = "mount",
+      steps = {
+        { "read_only", "logs" },
+        { "cm", "start", code = 1, says = { "failed to start", "/logs/", "Read-only file system" } },
+        { "cm", "status", code = 3, says = "not running" },
+      },
+      expect = { state = "stopped", status = 3 },
+      symptom = "null pointer passed as argument 1",
+      expect_fail = qsort_bug },
+
+    { name = "run_dir_is_a_file",
+      steps = {
+        { "replace_with_file", "run" },
+        { "cm", "start", code = 1, says = "/run" },
+        { "cm", "status", code = 3, says = "not running" },
+      },
+      expect = { state = "stopped", status = 3 } },
+
+    { name = "logs_dir_is_a_file",
+      steps = {
+        { "replace_with_file", "logs" },
+        { "cm", "start", code = 1, says = "/logs" },
+        { "cm", "status", code = 3, says = "not running" },
+      },
+      expect = { state = "stopped", status = 3 } },
+
+    ---- the log's disk full ------------------------------------------------
+    { name = "log_disk_full_tmpfs", needs = "mount",
+      steps = {
+        { "mount_tmpfs", "logs", size = "64k" },
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "fill_disk", "logs" },
+        { "signal_supervisor", "USR1" }, -- a health check: the supervisor logs
+        { "app_alive" },
+        { "cm", "status", code = 0, says = { "is running", "No space left on device" },
+          retry_ms = 10000 },
+        { "supervisor_alive" },
+        { "cm", "stop", code = 0, says = stop_msg },
+      },
+      expect = { state = "stopped", status = 3 },
+      symptom = 'does not say "No space left on device"',
+      expect_fail = "a failed log write is never reported: lua/supervisor.lua Supervisor:log " ..
+        "keeps the error in self.log_failed, which reaches state.json (log_error) only at " ..
+        "the next state write (a transition or a backend switch; health.tick saves no " ..
+        "state otherwise), and lua/commands/status.lua prints neither log_error nor " ..
+        "anything else about the log; the supervisor should save_state() when the log " ..
+        "first fails, and status (text and --json) should warn with the error" },
+
+    { name = "log_file_size_limit_on_supervisor",
+      steps = {
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "limit_log_size" },
+        { "signal_supervisor", "USR1" }, -- its next log line exceeds RLIMIT_FSIZE
+        { "app_alive" },
+        { "cm", "status", code = 0, says = { "is running", "File too large" },
+          not_says = "supervisor is gone", retry_ms = 10000 },
+        { "supervisor_alive" },
+        { "cm", "stop", code = 0, says = stop_msg },
+      },
+      expect = { state = "stopped", status = 3 },
+      symptom = 'does not say "File too large"',
+      expect_fail = "as log_disk_full_tmpfs: the supervisor survives (src/main.c ignores " ..
+        "SIGXFSZ) and l_log_event (src/lua_sys.c) returns EFBIG, but Supervisor:log " ..
+        "(lua/supervisor.lua) only stores it in self.log_failed, no state is saved and " ..
+        "status (lua/commands/status.lua) never mentions it" },
+
+    ---- the port taken between the check and the app's bind ---------------
+    -- start has checked the port; the app binds it only after a delay, and
+    -- a foreign server (fake-http on 127.0.0.1) takes it meanwhile.
+    { name = "port_taken_before_the_app_binds",
+      app = "slow", app_env = { FAKE_APP_DELAY_MS = "3000" },
+      steps = {
+        { "cm_bg", "start", id = "start" },
+        { "wait_state", "starting" },
+        { "take_port" },
+        { "wait_bg", "start", code = 1, says = { "failed to start", "already in use" } },
+        { "wait_supervisor_gone" },
+      },
+      expect = { state = "failed", status = 3 },
+      symptom = "exit code 0, expected 1",
+      expect_fail = "lua/supervisor.lua actions.probe_ready: with the default " ..
+        "manager.health_path (null) readiness is a bare TCP connect to 127.0.0.1:PORT, so " ..
+        "the foreign listener answers for the app and start reports 'started successfully' " ..
+        "(exit 0) while the app is still sleeping; the app then fails to bind (exit 1) and " ..
+        "every retry is again declared ready on the foreign port, so status says running " ..
+        "until the restarts run out.  The probe should accept the port only " ..
+        "once its owner (cm.net.port_owner) is in the app's process group, and a foreign " ..
+        "owner should fail the start with 'Port N is in use by PID X (name)'" },
+
+    { name = "port_taken_before_the_app_binds_with_health_path",
+      app = "slow", app_env = { FAKE_APP_DELAY_MS = "3000" },
+      config = { manager = { health_path = "/health" } },
+      steps = {
+        { "cm_bg", "start", id = "start" },
+        { "wait_state", "starting" },
+        { "take_port" },
+        { "wait_bg", "start", code = 1, says = { "failed to start", "already in use" } },
+        { "wait_supervisor_gone" },
+      },
+      expect = { state = "failed", status = 3 } },
+
+    ---- commands racing ----------------------------------------------------
+    { name = "stop_during_starting",
+      app = "slow", app_env = { FAKE_APP_DELAY_MS = "5000" },
+      steps = {
+        { "cm_bg", "start", id = "start" },
+        { "wait_state", "starting" },
+        { "cm", "stop", code = 0, says = stop_msg },
+        { "wait_bg", "start", code = 1, says = "stopped before it was ready" },
+      },
+      expect = { state = "stopped", status = 3 },
+      symptom = "exit code 0, expected 1",
+      expect_fail = "lua/control.lua: M.start holds run/cmd.lock (M.with_lock) for the whole " ..
+        "readiness wait of start_locked (up to start_timeout + 10 s), and M.stop takes the " ..
+        "same lock, so a `stop` during `starting` waits until the app is ready, the start " ..
+        "reports success, and only then is the app stopped: the lifecycle's starting+stop " ..
+        "row is unreachable from the CLI.  start should give up cmd.lock once the " ..
+        "supervisor holds run/lock (a second start is refused by that lock anyway), or " ..
+        "stop should signal a live supervisor without waiting for cmd.lock" },
+
+    -- What systemd does: TERM to the supervisor while the app is starting.
+    { name = "stop_during_starting_by_sigterm",
+      app = "slow", app_env = { FAKE_APP_DELAY_MS = "5000" },
+      steps = {
+        { "cm_bg", "start", id = "start" },
+        { "wait_state", "starting" },
+        { "signal_supervisor", "TERM" },
+        { "wait_bg", "start", code = 1, says = "stopped before it was ready" },
+        { "wait_supervisor_gone" },
+        { "log_order", "starting -> stopping on stop", "stopping -> stopped on exited" },
+      },
+      expect = { state = "stopped", status = 3 } },
+
+    { name = "two_starts_at_once",
+      app = "slow", app_env = { FAKE_APP_DELAY_MS = "300" },
+      steps = {
+        { "concurrent", { "start" }, { "start" }, codes = { 0, 1 },
+          loser_says = "already running" },
+        { "app_alive" },
+        { "log_count", "stopped -> starting on start", n = 1 },
+      },
+      expect = { state = "running", status = 0, app_running = true } },
+
+    { name = "start_and_stop_at_once",
+      app = "slow", app_env = { FAKE_APP_DELAY_MS = "300" },
+      steps = {
+        { "start_and_stop_at_once" },
+      },
+      expect = { state = "running|stopped" } },
+
+    ---- backend flapping ---------------------------------------------------
+    -- Ollama and a llama.cpp server die and come back around short health
+    -- checks (fallback after 1 failure).  The policy switches once; within
+    -- the cooldown it never switches again, however the backends flap.
+    { name = "backend_flapping_one_switch_per_cooldown",
+      servers = { ollama = "ollama", llamacpp = "llamacpp" },
+      models = true,
+      cm_env = { FAKE_PYTHON_LLAMA = "present" },
+      config = {
+        backend = { auto_fallback = true, health_check_interval = 0.2,
+                    order = { "ollama", "llamacpp" } },
+        ollama = { base_url = "$URL:ollama", connect_timeout = 1, timeout = 2 },
+        llamacpp = { server_url = "$URL:llamacpp" },
+        manager = { fallback_after = 1, fallback_cooldown = 3600 },
+      },
+      steps = {
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "kill_server", "ollama" },
+        { "wait_log", "backend switched from 'ollama' to 'llamacpp'" },
+        { "wait_state", "running" },
+        -- llama.cpp down, Ollama back: the policy would switch back
+        { "start_server", "ollama" },
+        { "kill_server", "llamacpp" },
+        { "wait_log", "backend 'llamacpp' unhealthy (5 in a row)" },
+        { "start_server", "llamacpp" },
+        { "wait_served", "llamacpp", n = 2 },
+        -- both down, then Ollama back again
+        { "kill_server", "ollama" },
+        { "kill_server", "llamacpp" },
+        { "wait_log", "backend 'llamacpp' unhealthy (3 in a row)", count = 2 },
+        { "start_server", "ollama" },
+        { "wait_log", "backend 'llamacpp' unhealthy (5 in a row)", count = 2 },
+        { "start_server", "llamacpp" },
+        { "wait_served", "llamacpp", n = 2 },
+        { "log_count", "backend switched from", n = 1 },
+        { "state_is", state = "running", backend = "llamacpp" },
+        { "app_alive" },
+        { "cm", "status", code = 0, says = "is running" },
+      },
+      expect = { state = "running", status = 0, app_running = true,
+                 config = { switched_to = "llamacpp" } } },
+
+    -- The same with a short cooldown: the second switch waits for it.
+    { name = "backend_flapping_switches_back_only_after_the_cooldown",
+      servers = { ollama = "ollama", llamacpp = "llamacpp" },
+      models = true,
+      cm_env = { FAKE_PYTHON_LLAMA = "present" },
+      config = {
+        backend = { auto_fallback = true, health_check_interval = 0.2,
+                    order = { "ollama", "llamacpp" } },
+        ollama = { base_url = "$URL:ollama", connect_timeout = 1, timeout = 2 },
+        llamacpp = { server_url = "$URL:llamacpp" },
+        manager = { fallback_after = 1, fallback_cooldown = 4 },
+      },
+      steps = {
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "kill_server", "ollama" },
+        { "wait_log", "backend switched from 'ollama' to 'llamacpp'" },
+        { "start_server", "ollama" },
+        { "kill_server", "llamacpp" },
+        { "wait_log", "backend switched from 'llamacpp' to 'ollama'" },
+        -- with fallback_after = 1 only the cooldown held it back this long
+        { "log_order", "backend switched from 'ollama' to 'llamacpp'",
+          "backend 'llamacpp' unhealthy (3 in a row)",
+          "backend switched from 'llamacpp' to 'ollama'" },
+        { "start_server", "llamacpp" },
+        { "wait_served", "llamacpp", n = 2 },
+        { "log_count", "backend switched from", n = 2 },
+        { "wait_state", "running" },
+        { "app_alive" },
+        { "cm", "status", code = 0, says = "is running" },
+      },
+      expect = { state = "running", status = 0, app_running = true,
+                 config = { switched_to = "ollama" } } },
+
+    ---- PID reuse: a pid file naming a live process that is not ours -------
+    -- The sentinel records every signal it gets; none may arrive.
+    { name = "pid_reuse_pid_file_with_start_time",
+      steps = {
+        { "sentinel", "victim" },
+        { "write_pid_file", of = "victim", start_time = true },
+        { "cm", "status", code = 1, says = "process.pid names PID" },
+        { "cm", "stop", code = 0, says = "stale PID file" },
+        { "write_pid_file", of = "victim", start_time = true },
+        { "cm", "force-stop", code = 0, says = "Nothing to stop" },
+        { "write_pid_file", of = "victim", start_time = true },
+        { "cm", "start", code = 0, says = { "stale PID file", "started successfully" } },
+        { "cm", "stop", code = 0, says = stop_msg },
+      },
+      expect = { state = "stopped", status = 3 } },
+
+    { name = "pid_reuse_pid_file_without_start_time",
+      steps = {
+        { "sentinel", "victim" },
+        { "write_pid_file", of = "victim", start_time = false },
+        { "cm", "status", code = 1, says = "process.pid names PID" },
+        { "cm", "stop", code = 0, says = "stale PID file" },
+        { "write_pid_file", of = "victim", start_time = false },
+        { "cm", "force-stop", code = 0, says = "Nothing to stop" },
+        { "write_pid_file", of = "victim", start_time = false },
+        { "cm", "restart", code = 0, says = "started successfully" },
+        { "cm", "stop", code = 0, says = stop_msg },
+      },
+      expect = { state = "stopped", status = 3 } },
+
+    { name = "pid_reuse_state_file",
+      steps = {
+        { "sentinel", "victim" },
+        { "write_state", of = "victim" },
+        { "cm", "status", code = 3, says = "not running" },
+        { "cm", "stop", code = 0, says = "not running" },
+        { "write_state", of = "victim" },
+        { "cm", "force-stop", code = 0, says = "Nothing to stop" },
+      },
+      expect = { state = "stopped", status = 3 },
+      -- stop has created an empty logs/ by then
+      symptom = "null pointer passed as argument 1",
+      expect_fail = qsort_bug },
+
+    { name = "pid_reuse_supervisor_pid_file",
+      steps = {
+        { "sentinel", "victim" },
+        { "write_supervisor_pid", of = "victim" },
+        { "cm", "stop", code = 0, says = "not running" },
+        { "cm", "force-stop", code = 0, says = "Nothing to stop" },
+        { "write_supervisor_pid", of = "victim" },
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "cm", "stop", code = 0, says = stop_msg },
+      },
+      expect = { state = "stopped", status = 3 } },
+  },
+}
