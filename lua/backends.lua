@@ -131,24 +131,53 @@ function M.get(root, name)
 end
 
 -- Makes any value a check returned into a well-formed result.
+-- A check's own text field, made a string without trusting its metatable.
+local function text_of(v)
+    if v == nil then return nil end
+    if type(v) == "string" then return v end
+    if type(v) == "number" or type(v) == "boolean" then return tostring(v) end
+    return "(" .. type(v) .. ")"
+end
+
 local function normalise(ok, value, ms)
     if not ok then
-        return { healthy = nil, detail = "check failed: " .. tostring(value), ms = ms, info = {} }
+        return { healthy = nil, detail = "check failed: " .. text_of(value), ms = ms, info = {} }
     end
     if type(value) ~= "table" then
         return { healthy = nil, detail = "check failed: it returned " .. type(value) ..
             " instead of a result table", ms = ms, info = {} }
     end
+    local v_ms = rawget(value, "ms")
+    local info = rawget(value, "info")
+    -- info goes into --json: keep it only when it can be encoded.
+    if type(info) ~= "table" or not pcall(cm.json.encode, info) then info = {} end
+    -- A detail may be any value with a __tostring; one that raises makes
+    -- the whole check a failure.
+    local detail = rawget(value, "detail")
+    if detail ~= nil and type(detail) ~= "string" then
+        local shown, text = pcall(tostring, detail)
+        if not shown or type(text) ~= "string" then
+            return { healthy = nil, ms = ms, info = {},
+                     detail = "check failed: its detail cannot be shown: " .. text_of(text) }
+        end
+        detail = text
+    end
     local r = {
-        healthy = value.healthy,
-        detail = value.detail ~= nil and tostring(value.detail) or "",
-        hint = value.hint ~= nil and tostring(value.hint) or nil,
-        ms = math.type(value.ms) and value.ms or ms,
-        info = type(value.info) == "table" and value.info or {},
+        healthy = rawget(value, "healthy"),
+        detail = detail or "",
+        hint = text_of(rawget(value, "hint")),
+        ms = (math.type(v_ms) and v_ms == v_ms and v_ms ~= math.huge and v_ms ~= -math.huge)
+            and v_ms or ms,
+        info = info,
     }
     if r.healthy ~= true and r.healthy ~= false then r.healthy = nil end
     return r
 end
+
+-- A check gets this many Lua instructions: enough for any real check (the
+-- waiting happens in C), and a user backend stuck in a loop that never
+-- yields is stopped instead of hanging every command and the supervisor.
+M.CHECK_BUDGET = 50000000
 
 -- Checks the named backends (default: all) at the same time and returns
 -- { [name] = result }.  An unknown name gives an unknown result; a check
@@ -176,8 +205,15 @@ function M.check_all(settings, names)
             pending = pending + 1
             cm.task.spawn(function()
                 local t = cm.time.now()
+                debug.sethook(function()
+                    error("check did not finish: it exceeded its instruction budget " ..
+                        "(an endless loop?)", 2)
+                end, "", M.CHECK_BUDGET)
                 local ok, value = pcall(mod.check, settings)
-                results[name] = normalise(ok, value, math.floor(cm.time.now() - t + 0.5))
+                debug.sethook()
+                local r_ok, r = pcall(normalise, ok, value, math.floor(cm.time.now() - t + 0.5))
+                results[name] = r_ok and r or { healthy = nil, info = {}, ms = 0,
+                    detail = "check failed: " .. text_of(r) }
                 finished()
             end)
         end

@@ -17,12 +17,13 @@ local function parse_globals(argv)
     local i = 1
     while i <= #argv do
         local a = argv[i]
-        if a == "--root" then
-            if argv[i + 1] == nil then return nil, "--root needs a directory" end
-            opts.root = argv[i + 1]
-            i = i + 1
-        elseif a:sub(1, 7) == "--root=" then
-            opts.root = a:sub(8)
+        if a == "--root" or a:sub(1, 7) == "--root=" then
+            local dir = a == "--root" and argv[i + 1] or a:sub(8)
+            -- An empty --root (an unset shell variable) must not silently
+            -- mean the current directory: that could stop another checkout.
+            if dir == nil or dir == "" then return nil, "--root needs a directory" end
+            opts.root = dir
+            if a == "--root" then i = i + 1 end
         elseif a == "--json" then
             opts.json = true
         elseif a == "--no-color" then
@@ -36,25 +37,42 @@ local function parse_globals(argv)
 end
 
 local function check_command(cmd, where)
-    if type(cmd) ~= "table" or type(cmd.name) ~= "string" or type(cmd.run) ~= "function" then
+    if type(cmd) ~= "table" or type(rawget(cmd, "name")) ~= "string" or
+        type(rawget(cmd, "run")) ~= "function" then
         return nil, where .. ": a command module must return { name = ..., run = function }"
+    end
+    for _, field in ipairs({ "usage", "summary", "group" }) do
+        local v = rawget(cmd, field)
+        if v ~= nil and type(v) ~= "string" then
+            return nil, ("%s: '%s' must be a string"):format(where, field)
+        end
     end
     return cmd
 end
 
 -- Loads a user command file; returns the command, or nil and why.
 local function load_user_command(path)
+    local st, serr = cm.fs.stat(path)
+    -- Only regular files: opening a FIFO would block forever.
+    if not st then return nil, "cannot open: " .. tostring(serr) end
+    if st.type == "dir" then return nil, "cannot read: it is a directory" end
+    if st.type ~= "file" then return nil, ("not a regular file (a %s)"):format(st.type) end
     local chunk, err = loadfile(path, "t")
     if not chunk then return nil, err end
-    local ok, cmd = pcall(chunk)
+    local ok, cmd, why = pcall(function() return check_command(chunk(), path) end)
     if not ok then return nil, cmd end
-    return check_command(cmd, path)
+    if cmd then cmd.source = path end
+    return cmd, why
 end
 
 -- Builds the whole registry: name -> command, plus the names in help order.
--- Broken user commands are named and skipped.
+-- Broken user commands are named (once) and skipped.
+local registries = {}
 function M.registry(root)
+    local cached = registries[root or ""]
+    if cached then return cached[1], cached[2] end
     local commands, order = {}, {}
+    registries[root or ""] = { commands, order }
     for _, mod in ipairs(M.sorted_keys(cm.modules("commands."))) do
         local cmd = assert(check_command(require(mod), mod))
         commands[cmd.name] = cmd
@@ -115,8 +133,12 @@ function M.main(argv)
     local root = opts.root or cm.sys.getenv("CHAT_MANAGER_ROOT")
     if root == nil or root == "" then root = assert(cm.sys.cwd()) end
     local real = cm.fs.realpath(root)
-    if not real then
+    local st = real and cm.fs.stat(real)
+    if not st then
         ui.error("root directory not found: %s", root)
+        return M.EXIT_USAGE
+    elseif st.type ~= "dir" then
+        ui.error("root is not a directory: %s", root)
         return M.EXIT_USAGE
     end
     local ctx = { root = real, json = opts.json, no_color = opts.no_color }
@@ -141,6 +163,11 @@ function M.main(argv)
     io.stdout:flush()
     if code == nil or code == true then return M.EXIT_OK end
     if code == false then return M.EXIT_FAIL end
+    if math.type(code) ~= "integer" or code < 0 or code > 255 then
+        ui.error("command '%s'%s returned %s, not an exit code (0-255)", name,
+            cmd.source and (" (" .. cmd.source .. ")") or "", tostring(code))
+        return M.EXIT_FAIL
+    end
     return code
 end
 

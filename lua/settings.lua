@@ -145,7 +145,22 @@ function M:get(key)
     return default
 end
 
+-- The sections the keys above live in: a section that is not an object
+-- ("manager": 5) would silently hide every key below it.
+local sections = { "backend", "ollama", "llamacpp", "server", "manager", "manager.app",
+                   "manager.restart" }
+
+local function is_json_object(v)
+    return type(v) == "table" and getmetatable(v) == nil and v[1] == nil
+end
+
 function M:validate()
+    for _, key in ipairs(sections) do
+        local v = self.cfg and self.cfg:get(key)
+        if v ~= nil and v ~= cm.json.null and not is_json_object(v) then
+            return nil, ("%s: '%s' must be an object"):format(self.path, key)
+        end
+    end
     for key, rule in pairs(schema) do
         local v = self.cfg and self.cfg:get(key)
         if v ~= nil and v ~= cm.json.null and not rule[1](v) then

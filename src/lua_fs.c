@@ -160,10 +160,13 @@ static int push_stat(lua_State *L, const char *path, int follow)
     struct stat st;
     if ((follow ? stat(path, &st) : lstat(path, &st)) != 0) return fail_errno(L, path, errno);
     lua_createtable(L, 0, 5);
-    const char *type = S_ISREG(st.st_mode)   ? "file"
-                       : S_ISDIR(st.st_mode) ? "dir"
-                       : S_ISLNK(st.st_mode) ? "link"
-                                             : "other";
+    const char *type = S_ISREG(st.st_mode)                          ? "file"
+                       : S_ISDIR(st.st_mode)                        ? "dir"
+                       : S_ISLNK(st.st_mode)                        ? "link"
+                       : S_ISFIFO(st.st_mode)                       ? "fifo"
+                       : S_ISSOCK(st.st_mode)                       ? "socket"
+                       : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "device"
+                                                                    : "other";
     cm_set_str(L, "type", type);
     cm_set_int(L, "size", (lua_Integer)st.st_size);
     cm_set_num(L, "mtime", (lua_Number)st.st_mtim.tv_sec + (lua_Number)st.st_mtim.tv_nsec / 1e9);

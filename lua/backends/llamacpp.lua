@@ -181,13 +181,18 @@ local function scan_models(dir)
                 local p, r = path .. "/" .. n, rel and (rel .. "/" .. n) or n
                 local lst = cm.fs.lstat(p)
                 if n:lower():match("%.gguf$") then
-                    local st, serr = cm.fs.stat(p)
+                    local st, serr, scode = cm.fs.stat(p)
                     if not st then
-                        invalid[#invalid + 1] = { file = r, why = lst and lst.type == "link"
-                            and "a dangling symlink" or strip_path(serr, p) }
+                        local why = strip_path(serr, p)
+                        if lst and lst.type == "link" and scode == "ENOENT" then
+                            why = "a dangling symlink"
+                        end
+                        invalid[#invalid + 1] = { file = r, why = why }
                     elseif st.type ~= "file" then
-                        invalid[#invalid + 1] = { file = r, why = ("a %s, not a file"):format(
-                            st.type == "dir" and "directory" or st.type) }
+                        local kinds = { dir = "a directory", fifo = "a FIFO",
+                                        socket = "a socket", device = "a device" }
+                        invalid[#invalid + 1] = { file = r,
+                            why = (kinds[st.type] or "something else") .. ", not a file" }
                     else
                         local info, err = cm.gguf.read(p)
                         if info then

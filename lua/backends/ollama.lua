@@ -30,7 +30,10 @@ end
 local function parse_tags(body)
     local data, err = cm.json.decode(body)
     if data == nil then return nil, "invalid", err end
-    if type(data) ~= "table" or type(data.models) ~= "table" then
+    -- Decoded JSON arrays carry the cm.json.array metatable: an object
+    -- ({"models": {"x": ...}}) is the wrong shape, not "no models".
+    if type(data) ~= "table" or type(data.models) ~= "table" or
+        getmetatable(data.models) ~= getmetatable(cm.json.array()) then
         return nil, "shape", "no \"models\" list"
     end
     local models = {}
@@ -48,8 +51,6 @@ local function parse_tags(body)
             quantization = str(details.quantization_level),
         }
     end
-    -- Ollama answers {"models": []} when nothing is pulled, and an empty
-    -- JSON array decodes to an empty table just like an empty object.
     return models
 end
 

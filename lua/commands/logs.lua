@@ -67,6 +67,7 @@ local function parse(args)
             i = i + 1
         elseif a:match("^%-n%d+$") then
             opts.lines = math.tointeger(tonumber(a:sub(3)))
+            if not opts.lines then return nil, "-n needs a number of lines" end
         elseif a == "--no-follow" then
             opts.follow = false
         elseif a == "-f" or a == "--follow" then

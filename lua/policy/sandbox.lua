@@ -133,6 +133,8 @@ local loaded = {} -- path -> { stamp = "...", fn = function, state = {run=, prin
 local function load_policy(path, run, print_fn)
     local st = cm.fs.stat(path)
     if not st then return nil, ("%s: cannot open the policy file"):format(path) end
+    -- Only a regular file: opening a FIFO would block the caller forever.
+    if st.type ~= "file" then return nil, ("%s: the policy is not a regular file"):format(path) end
     local stamp = ("%s|%s"):format(tostring(st.mtime), tostring(st.size))
     local cached = loaded[path]
     if cached and cached.stamp == stamp then
