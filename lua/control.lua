@@ -28,12 +28,18 @@ function M.with_lock(inst, fn)
         ui.error("%s", err)
         return EXIT_FAIL
     end
-    local lock, lerr = cm.fs.lock(inst.cmd_lock_file, { timeout = CMD_LOCK_WAIT_MS })
+    local lock, lerr, lcode = cm.fs.lock(inst.cmd_lock_file, { timeout = CMD_LOCK_WAIT_MS })
     if not lock then
-        ui.error("another command is still working on %s (%s)", inst.root, lerr)
+        if lcode == "busy" then
+            ui.error("another command is still working on %s", inst.root)
+        else
+            ui.error("cannot lock %s: %s", inst.cmd_lock_file, lerr)
+        end
         return EXIT_FAIL
     end
-    local results = table.pack(pcall(fn))
+    -- fn may release the lock early (start does, once the supervisor holds
+    -- run/lock); unlocking twice is harmless.
+    local results = table.pack(pcall(fn, lock))
     lock:unlock()
     if not results[1] then error(results[2], 0) end
     return table.unpack(results, 2, results.n)
@@ -135,10 +141,12 @@ function M.start(ctx, port_arg)
         ui.error("%s", perr)
         return EXIT_USAGE
     end
-    return M.with_lock(inst, function() return M.start_locked(ctx, settings, inst, port) end)
+    return M.with_lock(inst, function(lock) return M.start_locked(ctx, settings, inst, port, lock) end)
 end
 
-function M.start_locked(ctx, settings, inst, port)
+-- With `lock` (run/cmd.lock) held; released as soon as the supervisor holds
+-- run/lock, so that a `stop` during a long start is not kept waiting.
+function M.start_locked(ctx, settings, inst, port, lock)
     if inst:supervisor_alive() then
         local st = inst:read_state() or {}
         ui.warn("Chat-O-Llama is already running (PID %s, port %s)", tostring(st.pid or "?"),
@@ -194,12 +202,24 @@ function M.start_locked(ctx, settings, inst, port)
         ui.error("cannot launch the supervisor: %s", serr)
         return EXIT_FAIL
     end
+    -- The supervisor writes "locked" once it holds run/lock, then "ready
+    -- ..." or "failed ...".
     local limit = (settings:get("manager.start_timeout") + 10) * 1000
-    local line = ""
-    while not line:find("\n") do
-        local data = cm.proc.read_fd(rfd, limit)
-        if not data then break end
-        line = line .. data
+    local buffer, line = "", ""
+    while true do
+        local nl = buffer:find("\n")
+        if nl then
+            line, buffer = buffer:sub(1, nl - 1), buffer:sub(nl + 1)
+            if line ~= "locked" then break end
+            if lock then lock:unlock() end
+        else
+            local data = cm.proc.read_fd(rfd, limit)
+            if not data then
+                line = buffer
+                break
+            end
+            buffer = buffer .. data
+        end
     end
     cm.fs.close(rfd)
     local total = math.floor(cm.time.now() - t0 + 0.5)
@@ -273,23 +293,25 @@ function M.stop_locked(ctx, settings, inst)
             return EXIT_FAIL
         end
         stopped_something = true
-    else
-        local app = inst:app()
-        if app and app.alive then
-            if not stop_unsupervised(settings, inst, app) then
-                ui.error("could not stop PID %d", app.pid)
-                return EXIT_FAIL
-            end
-            stopped_something = true
-        elseif app and cm.fs.exists(inst.pid_file) then
-            ui.warn("Removing stale PID file (PID %d is not running)", app.pid)
+    end
+    -- No supervisor (any more): whatever it left behind is handled here, so
+    -- a supervisor that died in the middle of a stop is finished off too.
+    local app = inst:app()
+    if app and app.alive then
+        if sup then ui.warn("the supervisor ended before the app did") end
+        if not stop_unsupervised(settings, inst, app) then
+            ui.error("could not stop PID %d", app.pid)
+            return EXIT_FAIL
         end
-        cm.fs.remove(inst.pid_file)
-        local st = inst:read_state()
-        if st and st.state ~= "stopped" and st.state ~= "failed" then
-            st.state, st.pid, st.since = "stopped", nil, cm.time.wall()
-            inst:write_state(st)
-        end
+        stopped_something = true
+    elseif app and not sup and cm.fs.exists(inst.pid_file) then
+        ui.warn("Removing stale PID file (PID %d is not running)", app.pid)
+    end
+    cm.fs.remove(inst.pid_file)
+    local st = inst:read_state()
+    if st and st.state ~= "stopped" and st.state ~= "failed" then
+        st.state, st.pid, st.since = "stopped", nil, cm.time.wall()
+        inst:write_state(st)
     end
     if stop_orphans(inst) > 0 then stopped_something = true end
     if stopped_something then

@@ -56,8 +56,10 @@ function Supervisor:log(fmt, ...)
     local msg = select("#", ...) > 0 and fmt:format(...) or fmt
     local ok, err = cm.log.event(msg)
     if not ok and err and not self.log_failed then
-        -- The disk may be full: the app keeps running, the state file says so.
+        -- The disk may be full: the app keeps running; state.json (and so
+        -- `status`) says so at once.
         self.log_failed = err
+        self:save_state()
     end
     if self.foreground then io.stderr:write("[chat-manager] ", msg, "\n") end
 end
@@ -105,6 +107,9 @@ end
 -- logged and the last good one kept: a running app is never harmed by it.
 function Supervisor:reload_settings()
     local s, err = settings_mod.load(self.inst.root)
+    if s and s.missing and not self.settings.missing then
+        s, err = nil, self.settings.path .. ": No such file or directory (deleted?)"
+    end
     if s then
         self.settings = s
         self.config_error = nil
@@ -172,6 +177,7 @@ function actions.probe_ready(sv)
     cm.task.spawn(function()
         while sv.ctx.attempt == attempt and sv.machine:state() == "starting" do
             local ok = cm.net.connect("127.0.0.1", port, 1000)
+            if ok and not sv:port_is_the_apps(port) then ok = false end
             if ok and path then
                 local res = cm.proc.run({
                     argv = { cm.sys.exe(), "_http_get",
@@ -188,6 +194,22 @@ function actions.probe_ready(sv)
             cm.time.sleep(PROBE_INTERVAL_MS)
         end
     end)
+end
+
+-- Whether the listener on the port belongs to the app's process group (a
+-- foreign process that took the port must not pass for the app).  When
+-- /proc does not tell (another user's socket), the connect has to do.
+function Supervisor:port_is_the_apps(port)
+    local owner = cm.net.port_owner(port)
+    if not owner then return true end
+    local info = cm.proc.info(owner.pid)
+    if info and info.pgid == self.ctx.pid then return true end
+    if not self.foreign_port_logged then
+        self.foreign_port_logged = true
+        self:log("port %d answers, but from PID %d (%s), not the app", port, owner.pid,
+            owner.name or "?")
+    end
+    return false
 end
 
 function actions.report_ready(sv)
@@ -439,6 +461,9 @@ function M.run(opts)
         return early_fail(lcode == "busy" and "a supervisor is already running for " .. inst.root
             or lerr)
     end
+
+    -- `start` may let other commands in now: this lock serialises starts.
+    if opts.ready_fd then cm.sys.write(opts.ready_fd, "locked\n") end
 
     local stamp = cm.time.strftime("%Y%m%d_%H%M%S")
     local log_path = ("%s/chat-o-llama_%s.log"):format(inst.logs_dir, stamp)

@@ -210,7 +210,7 @@ static int l_list(lua_State *L)
         if (names[n] != NULL) n++;
     }
     closedir(d);
-    qsort(names, n, sizeof *names, compare_names);
+    if (n > 1) qsort(names, n, sizeof *names, compare_names);
     /* Copy into Lua only after the C side is complete (no raise mid-way). */
     lua_createtable(L, (int)n, 0);
     for (size_t i = 0; i < n; i++) {
@@ -374,6 +374,13 @@ static int l_lock(lua_State *L)
     if (timeout > 0) cm_waiter_begin(L, &waiter); /* may raise: before the fd */
 
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    /* flock needs no write access: an existing lock file on a read-only
+     * directory or file system still locks (a stop must still work). */
+    if (fd < 0 && (errno == EROFS || errno == EACCES || errno == EPERM)) {
+        int first = errno;
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 && errno == ENOENT) errno = first; /* the real reason */
+    }
     if (fd < 0) return fail_errno(L, path, errno);
     if (flock(fd, op | LOCK_NB) == 0) {
         push_lock(L, fd);

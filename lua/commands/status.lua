@@ -33,6 +33,7 @@ local function collect(ctx)
     report.restarts = st.restarts or 0
     report.last_exit = st.last_exit
     report.retry_at = st.retry_at
+    report.log_error = sup and st.log_error or nil
     if sup then
         report.pid = st.pid
         if st.state == "running" and st.since then report.uptime_s = cm.time.wall() - st.since end
@@ -115,6 +116,7 @@ local function print_report(r, settings)
             o.pid, o.name)
     end
     if r.config_error then ui.warn("%s", r.config_error) end
+    if r.log_error then ui.warn("the session log cannot be written: %s", r.log_error) end
     if r.backends and settings then
         ui.say("")
         if r.backends_age_s then
