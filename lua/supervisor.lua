@@ -15,7 +15,6 @@ local lifecycle = require("lifecycle")
 
 local M = {}
 
-local PROBE_INTERVAL_MS = 5
 
 -- Builds the app's command, working directory and environment (DESIGN §8).
 function M.app_launch(settings, inst, port)
@@ -158,6 +157,7 @@ function actions.arm_start_timer(sv)
     local ms = sv.settings:get("manager.start_timeout") * 1000
     sv.start_timer = cm.time.timer(ms, 0, function()
         sv.start_timer = nil
+        sv:stop_probe()
         sv.machine:fire("start_timeout")
     end)
 end
@@ -165,51 +165,41 @@ end
 function actions.cancel_start_timer(sv)
     if sv.start_timer then sv.start_timer:stop() end
     sv.start_timer = nil
+    sv:stop_probe()
 end
 
--- Readiness: a TCP connect to the port, then (with manager.health_path) an
--- HTTP 2xx.  The probe belongs to one attempt and ends when it is over.
+-- Readiness: a TCP connect to the port, answered by the app's own group,
+-- then (with manager.health_path) an HTTP 2xx.  A child does the probing
+-- (commands/_probe.lua) and exits 0 when the app answers; it belongs to one
+-- attempt and is stopped when that attempt ends.
 function actions.probe_ready(sv)
-    local attempt = sv.ctx.attempt
-    local port = sv.port
+    local ctx = sv.ctx
+    local attempt = ctx.attempt
     local path = sv.settings:get("manager.health_path")
-    local timeout = sv.settings:get("manager.health_timeout") * 1000
-    cm.task.spawn(function()
-        while sv.ctx.attempt == attempt and sv.machine:state() == "starting" do
-            local ok = cm.net.connect("127.0.0.1", port, 1000)
-            if ok and not sv:port_is_the_apps(port) then ok = false end
-            if ok and path then
-                local res = cm.proc.run({
-                    argv = { cm.sys.exe(), "_http_get",
-                             ("http://127.0.0.1:%d%s"):format(port, path), tostring(timeout) },
-                    timeout = timeout + 2000,
-                })
-                ok = res and res.code == 0
-            end
-            if ok and sv.ctx.attempt == attempt and sv.machine:state() == "starting" then
-                sv.ctx.ready_ms = math.floor(cm.time.now() - sv.ctx.spawned_at + 0.5)
+    local argv = { cm.sys.exe(), "_probe", tostring(sv.port), tostring(ctx.pid or 0),
+                   tostring(math.floor(sv.settings:get("manager.start_timeout") * 1000)) }
+    if path then
+        argv[#argv + 1] = path
+        argv[#argv + 1] = tostring(math.floor(sv.settings:get("manager.health_timeout") * 1000))
+    end
+    if not ctx.pid then return end -- the spawn failed; `exited` is queued
+    sv.probe = cm.proc.spawn({
+        argv = argv,
+        stderr_fd = cm.log.fd(),
+        on_exit = function(code)
+            if sv.ctx.attempt ~= attempt then return end
+            sv.probe = nil
+            if code == 0 and sv.machine:state() == "starting" then
+                ctx.ready_ms = math.floor(cm.time.now() - ctx.spawned_at + 0.5)
                 sv.machine:fire("ready")
-                return
             end
-            cm.time.sleep(PROBE_INTERVAL_MS)
-        end
-    end)
+        end,
+    })
 end
 
--- Whether the listener on the port belongs to the app's process group (a
--- foreign process that took the port must not pass for the app).  When
--- /proc does not tell (another user's socket), the connect has to do.
-function Supervisor:port_is_the_apps(port)
-    local owner = cm.net.port_owner(port)
-    if not owner then return true end
-    local info = cm.proc.info(owner.pid)
-    if info and info.pgid == self.ctx.pid then return true end
-    if not self.foreign_port_logged then
-        self.foreign_port_logged = true
-        self:log("port %d answers, but from PID %d (%s), not the app", port, owner.pid,
-            owner.name or "?")
-    end
-    return false
+function Supervisor:stop_probe()
+    if self.probe then self.probe:kill("KILL") end
+    self.probe = nil
 end
 
 function actions.report_ready(sv)

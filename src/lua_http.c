@@ -154,10 +154,21 @@ static int l_http_get(lua_State *L)
     return cm_waiter_yield(L);
 }
 
+/* load() -> true | nil, message: loads libcurl now (it is otherwise loaded
+ * by the first get), for a process that wants it ready before it matters. */
+static int l_http_load(lua_State *L)
+{
+    char why[256];
+    if (cm_curl_api(why, sizeof why) == NULL) return cm_fail(L, "error", "%s", why);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 int cm__open_http(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
         {"get", l_http_get},
+        {"load", l_http_load},
         {NULL, NULL},
     };
     luaL_newlib(L, funcs); /* [http] */
