@@ -357,7 +357,7 @@ function M.format_size(bytes)
         v = v / 1000
         i = i + 1
     end
-    if i == 1 then return ("%d B"):format(v) end
+    if i == 1 then return ("%.0f B"):format(v) end
     if v >= 100 then return ("%.0f %s"):format(v, units[i]) end
     return ("%.1f %s"):format(v, units[i])
 end

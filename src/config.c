@@ -83,21 +83,29 @@ static int is_number_char(char c)
 }
 
 /* Reads a JSON number spelling from s (at most n bytes) as cJSON does: the
- * longest run of number characters, at most 63 of them, through strtod.
- * *used receives how many bytes strtod took (0 when none). */
+ * longest run of number characters (of any length: cJSON takes them all),
+ * through strtod.  *used receives how many bytes strtod took (0 when none). */
 static double read_number(const char *s, size_t n, size_t *used)
 {
-    char buf[64];
-    size_t k = 0;
+    char small[64], *buf = small;
+    size_t k = 0, run = 0;
     char dp = locale_decimal_point();
-    while (k < n && k < sizeof(buf) - 1 && is_number_char(s[k])) {
-        buf[k] = (s[k] == '.') ? dp : s[k];
-        k++;
+    while (run < n && is_number_char(s[run]))
+        run++;
+    if (run >= sizeof(small)) {
+        buf = malloc(run + 1);
+        if (buf == NULL) {
+            *used = 0;
+            return 0;
+        }
     }
+    for (; k < run; k++)
+        buf[k] = (s[k] == '.') ? dp : s[k];
     buf[k] = '\0';
     char *end = buf;
     double v = strtod(buf, &end);
     *used = (size_t)(end - buf);
+    if (buf != small) free(buf);
     return v;
 }
 
@@ -458,16 +466,17 @@ static int next_number(number_scan_t *sc, const char **tok, size_t *len)
  * it differently. */
 static int keep_literal(cJSON *node, const char *tok, size_t len)
 {
-    char fmt[64], lit[64];
+    char fmt[64];
     size_t used;
-    if (len >= sizeof(lit)) return 0;
     if (read_number(tok, len, &used) != node->valuedouble || used != len) return 0;
     if (format_number(node->valuedouble, fmt, sizeof(fmt)) == 0 && strlen(fmt) == len &&
         memcmp(fmt, tok, len) == 0)
         return 0;
-    memcpy(lit, tok, len);
-    lit[len] = '\0';
-    return cm_json_set_literal(node, lit);
+    char *lit = strndup(tok, len);
+    if (lit == NULL) return -1;
+    int rc = cm_json_set_literal(node, lit);
+    free(lit);
+    return rc;
 }
 
 static int keep_literals(cJSON *node, number_scan_t *sc)

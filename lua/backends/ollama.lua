@@ -45,7 +45,9 @@ local function parse_tags(body)
         local function str(v) return type(v) == "string" and v or nil end
         models[#models + 1] = {
             name = m.name,
-            size = math.type(m.size) and m.size or nil,
+            -- A size JSON can carry but --json cannot (inf) is no size.
+            size = (math.type(m.size) and m.size == m.size and math.abs(m.size) ~= math.huge)
+                and m.size or nil,
             family = str(details.family),
             parameter_size = str(details.parameter_size),
             quantization = str(details.quantization_level),
