@@ -183,6 +183,7 @@ M.CHECK_BUDGET = 50000000
 -- { [name] = result }.  An unknown name gives an unknown result; a check
 -- that raises gives { healthy = nil, detail = "check failed: <err>" }.
 function M.check_all(settings, names)
+    local all = names == nil
     local mods = load_all(settings.root)
     names = names or M.names(settings.root, settings)
     local results, started = {}, {}
@@ -229,6 +230,7 @@ function M.check_all(settings, names)
             end
         end
     end
+    if all then M.remember(settings, results) end
     return results
 end
 
@@ -241,6 +243,42 @@ function M.to_json(result)
         ms = result.ms,
         info = result.info,
     }
+end
+
+-- ---- the last check -------------------------------------------------------
+
+-- Every full check is kept in run/backends.json, so that `status` can show
+-- a recent one (with its age) instead of checking again.
+local function last_check_path(settings)
+    return settings.root .. "/run/backends.json"
+end
+
+function M.remember(settings, results)
+    if not cm.fs.exists(settings.root .. "/run") then return end
+    local doc = { checked_at = cm.time.wall(), backends = {} }
+    for name, r in pairs(results) do
+        doc.backends[name] = { healthy = r.healthy == nil and cm.json.null or r.healthy,
+                               detail = r.detail, ms = r.ms }
+    end
+    local ok, text = pcall(cm.json.encode, doc)
+    if ok then cm.fs.write_atomic(last_check_path(settings), text, tonumber("600", 8), false) end
+end
+
+-- The last full check if it is younger than max_age seconds: results, age.
+function M.recall(settings, max_age)
+    local text = cm.fs.read(last_check_path(settings), 1024 * 1024)
+    local doc = text and cm.json.decode(text)
+    if type(doc) ~= "table" or type(doc.backends) ~= "table" or
+        type(doc.checked_at) ~= "number" then
+        return nil
+    end
+    local age = cm.time.wall() - doc.checked_at
+    if age < 0 or age > max_age then return nil end
+    for _, r in pairs(doc.backends) do
+        if type(r) ~= "table" then return nil end
+        if r.healthy == cm.json.null then r.healthy = nil end
+    end
+    return doc.backends, age
 end
 
 -- ---- printing -----------------------------------------------------------

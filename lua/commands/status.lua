@@ -60,16 +60,26 @@ local function collect(ctx)
     report.orphans = orphans
     if settings then
         report.active_backend = settings:get("backend.active")
+        local backends = require("backends")
+        local max_age = settings:get("backend.health_check_interval")
         if sup and type(st.backends) == "table" and st.backends_checked_at then
             -- The supervisor checks the backends every health_check_interval:
             -- show its latest view rather than checking again.
             report.backends = st.backends
             report.backends_age_s = math.max(0, cm.time.wall() - st.backends_checked_at)
+            report.backends_by = "the supervisor"
             for _, r in pairs(report.backends) do
                 if r.healthy == cm.json.null then r.healthy = nil end
             end
         else
-            report.backends = require("backends").check_all(settings)
+            -- A check younger than health_check_interval (by `backend
+            -- status`, `start`, ...) is shown with its age; else check now.
+            report.backends, report.backends_age_s = backends.recall(settings, max_age)
+            if report.backends then
+                report.backends_by = "an earlier command"
+            else
+                report.backends = backends.check_all(settings)
+            end
         end
     end
     return report, settings
@@ -120,7 +130,7 @@ local function print_report(r, settings)
     if r.backends and settings then
         ui.say("")
         if r.backends_age_s then
-            ui.say("Backends (checked %ds ago by the supervisor):", math.floor(r.backends_age_s))
+            ui.say("Backends (checked %ds ago by %s):", math.floor(r.backends_age_s), r.backends_by)
         end
         require("backends").print_section(settings, r.backends)
     end
