@@ -81,48 +81,6 @@ static void server_stop(server_t *s)
     free(s->dir);
 }
 
-static int listen_loopback(int backlog, int *port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(listen(fd, backlog), 0);
-    socklen_t len = sizeof a;
-    getsockname(fd, (struct sockaddr *)&a, &len);
-    *port = ntohs(a.sin_port);
-    return fd;
-}
-
-#define BLACKHOLE_MAX_FDS 16
-
-/* A loopback port where a TCP connect never completes: a listener with a
- * backlog of 0 that nobody accepts from, filled until Linux starts dropping
- * SYNs (it does so when the accept queue is full).  Returns the port, with
- * the sockets to close in fds, or -1 when this kernel does not behave so. */
-static int blackhole_port(int *fds, int *nfds)
-{
-    int port = 0;
-    *nfds = 0;
-    fds[(*nfds)++] = listen_loopback(0, &port);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    while (*nfds < BLACKHOLE_MAX_FDS) {
-        int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        assert_true(c >= 0);
-        fds[(*nfds)++] = c;
-        if (connect(c, (struct sockaddr *)&a, sizeof a) == 0) continue;
-        if (errno != EINPROGRESS) break;
-        struct pollfd p = {.fd = c, .events = POLLOUT};
-        if (poll(&p, 1, 150) == 0) return port; /* this SYN was dropped: full */
-    }
-    for (int i = 0; i < *nfds; i++)
-        close(fds[i]);
-    *nfds = 0;
-    return -1;
-}
-
 /* ---- answers ------------------------------------------------------------ */
 
 static void test_get_ok(void **state)
@@ -203,8 +161,8 @@ static void test_get_timeout(void **state)
 static void test_get_connect_timeout(void **state)
 {
     (void)state;
-    int fds[BLACKHOLE_MAX_FDS], nfds = 0;
-    int port = blackhole_port(fds, &nfds);
+    int fds[CMT_BLACKHOLE_MAX_FDS], nfds = 0;
+    int port = cmt_blackhole_port(fds, &nfds);
     if (port < 0) {
         skip();
         return;
@@ -259,7 +217,7 @@ static void test_get_too_large_streamed(void **state)
 {
     (void)state;
     int port = 0;
-    int lfd = listen_loopback(4, &port);
+    int lfd = cmt_bound_loopback(4, &port);
     pid_t child = fork();
     assert_true(child >= 0);
     if (child == 0) {

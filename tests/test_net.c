@@ -40,57 +40,13 @@ static int lua_fmt(const char *fmt, ...)
     return rc;
 }
 
-/* A TCP socket bound to 127.0.0.1 on a kernel-chosen port, listening when
- * backlog >= 0.  No SO_REUSEADDR: a bound socket then keeps others off. */
-static int bound_loopback(int backlog, int *port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    if (backlog >= 0) assert_int_equal(listen(fd, backlog), 0);
-    socklen_t len = sizeof a;
-    getsockname(fd, (struct sockaddr *)&a, &len);
-    *port = ntohs(a.sin_port);
-    return fd;
-}
-
-#define BLACKHOLE_MAX_FDS 16
-
-/* A loopback port where a TCP connect never completes: a listener with a
- * backlog of 0 that nobody accepts from, filled until Linux starts dropping
- * SYNs (it does so when the accept queue is full).  Returns the port, with
- * the sockets to close in fds, or -1 when this kernel does not behave so. */
-static int blackhole_port(int *fds, int *nfds)
-{
-    int port = 0;
-    *nfds = 0;
-    fds[(*nfds)++] = bound_loopback(0, &port);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    while (*nfds < BLACKHOLE_MAX_FDS) {
-        int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        assert_true(c >= 0);
-        fds[(*nfds)++] = c;
-        if (connect(c, (struct sockaddr *)&a, sizeof a) == 0) continue;
-        if (errno != EINPROGRESS) break;
-        struct pollfd p = {.fd = c, .events = POLLOUT};
-        if (poll(&p, 1, 150) == 0) return port; /* this SYN was dropped: full */
-    }
-    for (int i = 0; i < *nfds; i++)
-        close(fds[i]);
-    *nfds = 0;
-    return -1;
-}
-
 /* ---- connect ------------------------------------------------------------ */
 
 static void test_connect_ok(void **state)
 {
     (void)state;
     int port = 0;
-    int fd = bound_loopback(16, &port);
+    int fd = cmt_bound_loopback(16, &port);
     int rc = lua_fmt("assert(cm.net.connect('127.0.0.1', %d, 2000) == true)\n"
                      "assert(cm.net.connect('localhost', %d, 2000) == true)\n"
                      "assert(cm.net.connect('127.0.0.1', %d) == true) -- default timeout\n",
@@ -145,7 +101,7 @@ static void test_connect_resolves_name(void **state)
         return;
     }
     int port = 0;
-    int fd = bound_loopback(16, &port);
+    int fd = cmt_bound_loopback(16, &port);
     int rc = lua_fmt("assert(cm.net.connect('%s', %d, 5000) == true)\n", name, port);
     close(fd);
     assert_int_equal(rc, 0);
@@ -156,7 +112,7 @@ static void test_connect_refused(void **state)
 {
     (void)state;
     int port = 0;
-    int fd = bound_loopback(-1, &port);
+    int fd = cmt_bound_loopback(-1, &port);
     int rc = lua_fmt("local t0 = cm.time.now()\n"
                      "local ok, msg, code = cm.net.connect('127.0.0.1', %d, 2000)\n"
                      "assert(ok == nil)\n"
@@ -173,8 +129,8 @@ static void test_connect_refused(void **state)
 static void test_connect_timeout(void **state)
 {
     (void)state;
-    int fds[BLACKHOLE_MAX_FDS], nfds = 0;
-    int port = blackhole_port(fds, &nfds);
+    int fds[CMT_BLACKHOLE_MAX_FDS], nfds = 0;
+    int port = cmt_blackhole_port(fds, &nfds);
     if (port < 0) {
         skip();
         return;
@@ -195,8 +151,8 @@ static void test_connect_timeout(void **state)
 static void test_connect_concurrent(void **state)
 {
     (void)state;
-    int fds[BLACKHOLE_MAX_FDS], nfds = 0;
-    int port = blackhole_port(fds, &nfds);
+    int fds[CMT_BLACKHOLE_MAX_FDS], nfds = 0;
+    int port = cmt_blackhole_port(fds, &nfds);
     if (port < 0) {
         skip();
         return;
@@ -246,10 +202,10 @@ static void test_connect_argument_errors(void **state)
 static void test_connect_runtime_closes_in_flight(void **state)
 {
     (void)state;
-    int fds[BLACKHOLE_MAX_FDS], nfds = 0;
-    int hole = blackhole_port(fds, &nfds);
+    int fds[CMT_BLACKHOLE_MAX_FDS], nfds = 0;
+    int hole = cmt_blackhole_port(fds, &nfds);
     int port = 0;
-    int fd = bound_loopback(16, &port);
+    int fd = cmt_bound_loopback(16, &port);
     char *dir = cmt_tempdir();
     char *marker = cmt_path(dir, "resumed");
     const char *script =
@@ -285,7 +241,7 @@ static void test_port_free(void **state)
 {
     (void)state;
     int port = 0;
-    int fd = bound_loopback(16, &port);
+    int fd = cmt_bound_loopback(16, &port);
     int rc = lua_fmt("assert(cm.net.port_free(%d) == false)\n"
                      "assert(cm.net.port_free(%d, '127.0.0.1') == false)\n"
                      "assert(cm.net.port_free(%d, 'localhost') == false)\n",
@@ -298,7 +254,7 @@ static void test_port_free(void **state)
                              port, port),
                      0);
     /* Bound without listening still takes the port. */
-    fd = bound_loopback(-1, &port);
+    fd = cmt_bound_loopback(-1, &port);
     rc = lua_fmt("assert(cm.net.port_free(%d) == false)\n", port);
     close(fd);
     assert_int_equal(rc, 0);
@@ -328,13 +284,13 @@ static void test_port_listening(void **state)
 {
     (void)state;
     int port = 0;
-    int fd = bound_loopback(16, &port);
+    int fd = cmt_bound_loopback(16, &port);
     int rc = lua_fmt("assert(cm.net.port_listening(%d) == true)\n", port);
     close(fd);
     assert_int_equal(rc, 0);
     assert_int_equal(lua_fmt("assert(cm.net.port_listening(%d) == false)\n", port), 0);
     /* Bound but not listening is not LISTEN. */
-    fd = bound_loopback(-1, &port);
+    fd = cmt_bound_loopback(-1, &port);
     rc = lua_fmt("assert(cm.net.port_listening(%d) == false)\n", port);
     close(fd);
     assert_int_equal(rc, 0);
@@ -345,7 +301,7 @@ static void test_port_owner(void **state)
 {
     (void)state;
     int port = 0;
-    int fd = bound_loopback(16, &port);
+    int fd = cmt_bound_loopback(16, &port);
     char comm[64] = "";
     FILE *f = fopen("/proc/self/comm", "r");
     assert_non_null(f);
@@ -368,7 +324,7 @@ static void test_port_owner_c(void **state)
 {
     (void)state;
     int port = 0;
-    int fd = bound_loopback(16, &port);
+    int fd = cmt_bound_loopback(16, &port);
     pid_t pid = 0;
     char name[16];
     assert_int_equal(cm_net_port_owner(port, &pid, name, sizeof name), 1);

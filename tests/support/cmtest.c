@@ -374,3 +374,45 @@ int cmt_wait_dead(int pid, int timeout_ms)
     }
     return 0;
 }
+
+/* A TCP socket bound to 127.0.0.1 on a kernel-chosen port, listening when
+ * backlog >= 0.  No SO_REUSEADDR: a bound socket then keeps others off. */
+int cmt_bound_loopback(int backlog, int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    if (backlog >= 0) assert_int_equal(listen(fd, backlog), 0);
+    socklen_t len = sizeof a;
+    getsockname(fd, (struct sockaddr *)&a, &len);
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+/* A loopback port where a TCP connect never completes: a listener with a
+ * backlog of 0 that nobody accepts from, filled until Linux starts dropping
+ * SYNs (it does so when the accept queue is full).  Returns the port, with
+ * the sockets to close in fds, or -1 when this kernel does not behave so. */
+int cmt_blackhole_port(int *fds, int *nfds)
+{
+    int port = 0;
+    *nfds = 0;
+    fds[(*nfds)++] = cmt_bound_loopback(0, &port);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    while (*nfds < CMT_BLACKHOLE_MAX_FDS) {
+        int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        assert_true(c >= 0);
+        fds[(*nfds)++] = c;
+        if (connect(c, (struct sockaddr *)&a, sizeof a) == 0) continue;
+        if (errno != EINPROGRESS) break;
+        struct pollfd p = {.fd = c, .events = POLLOUT};
+        if (poll(&p, 1, 150) == 0) return port; /* this SYN was dropped: full */
+    }
+    for (int i = 0; i < *nfds; i++)
+        close(fds[i]);
+    *nfds = 0;
+    return -1;
+}

@@ -53,6 +53,17 @@ int cmt_wait_port(int port, int timeout_ms);
 /* A port that was free a moment ago. */
 int cmt_free_port(void);
 
+/* A TCP socket bound to 127.0.0.1 on a kernel-chosen port (*port), listening
+ * when backlog >= 0; no SO_REUSEADDR, so it keeps others off the port. */
+int cmt_bound_loopback(int backlog, int *port);
+
+/* A loopback port where a TCP connect never completes (a listener whose
+ * accept queue is full, so Linux drops new SYNs).  Returns the port with the
+ * sockets to close in fds (CMT_BLACKHOLE_MAX_FDS), or -1 when the kernel
+ * does not behave so. */
+#define CMT_BLACKHOLE_MAX_FDS 16
+int cmt_blackhole_port(int *fds, int *nfds);
+
 /* Runs a Lua chunk as the main task of a fresh runtime (with `cm` loaded).
  * Returns the exit code (0 when the chunk returns nothing); on an error the
  * message and traceback are printed. */
