@@ -70,7 +70,7 @@ local function find_program(name, path)
 end
 
 -- Pre-flight checks of `start`: the app's program, its script and the venv.
-local function check_app(settings, inst, launch)
+local function check_app(launch)
     local cwd_st = cm.fs.stat(launch.cwd)
     if not cwd_st or cwd_st.type ~= "dir" then
         return nil, ("app directory not found: %s"):format(launch.cwd)
@@ -104,8 +104,7 @@ end
 -- Checks the backends (all at once) and lets the fallback policy switch
 -- before the app is launched.  Never fatal: the old script only warned.
 local function check_backends_at_start(settings, inst)
-    local ok, backends = pcall(require, "backends")
-    if not ok then return settings end
+    local backends = require("backends")
     local results = backends.check_all(settings)
     local active = settings:get("backend.active")
     local fallback = require("policy.fallback")
@@ -174,7 +173,7 @@ function M.start_locked(ctx, settings, inst, port, lock)
     end
     local supervisor = require("supervisor")
     local launch = supervisor.app_launch(settings, inst, port)
-    local ok, err = check_app(settings, inst, launch)
+    local ok, err = check_app(launch)
     if not ok then
         ui.error("%s", err)
         return EXIT_FAIL

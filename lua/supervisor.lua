@@ -390,8 +390,6 @@ end
 -- Periodic backend checks while running (policy in lua/policy/fallback.lua).
 function Supervisor:start_health_loop()
     if self.health_timer then return end
-    local ok, backends = pcall(require, "backends")
-    if not ok then return end
     local interval = self.settings:get("backend.health_check_interval") * 1000
     -- The first check right away, so `status` has the supervisor's view.
     self.health_timer = cm.time.timer(0, interval, function() self:check_backends() end)
@@ -478,7 +476,6 @@ function M.run(opts)
         ctx = { policy = restart.policy, restarts = 0, max_restarts = restart.max_restarts,
                 ever_ready = false },
     }, Supervisor)
-    M.current = sv
     cm.set_error_handler(function(msg) sv:log("error: %s", msg) end)
 
     local bound = {}

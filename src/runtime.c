@@ -238,7 +238,6 @@ static void task_resume(cm_task_t *t, int nargs)
 static cm_task_t *task_start(lua_State *L, int nargs, int report_errors)
 {
     cm_runtime_t *rt = cm_runtime_of(L);
-    lua_State *main = rt->L;
     luaL_checktype(L, -nargs - 1, LUA_TFUNCTION);
 
     cm_task_t *t = lua_newuserdatauv(L, sizeof *t, 0); /* [fn, args.., task] */
@@ -256,7 +255,6 @@ static cm_task_t *task_start(lua_State *L, int nargs, int report_errors)
     lua_xmove(L, t->co, nargs + 1);                 /* [task] */
     lua_pushvalue(L, -1);
     t->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    (void)main;
     task_resume(t, nargs);
     return t;
 }
