@@ -54,7 +54,8 @@ local function collect(ctx)
     report.url = ("http://localhost:%d"):format(report.port)
     local orphans = {}
     for _, p in ipairs(inst:marked_processes()) do
-        local own = (report.pid and p.pgid == report.pid) or p.pid == sup
+        -- The app's group, the supervisor and its helpers (probe, checks).
+        local own = (report.pid and p.pgid == report.pid) or p.pid == sup or (sup and p.ppid == sup)
         if not own then orphans[#orphans + 1] = { pid = p.pid, name = p.name } end
     end
     report.orphans = orphans
