@@ -391,8 +391,10 @@ end
 function Supervisor:start_health_loop()
     if self.health_timer then return end
     local interval = self.settings:get("backend.health_check_interval") * 1000
-    -- The first check right away, so `status` has the supervisor's view.
-    self.health_timer = cm.time.timer(0, interval, function() self:check_backends() end)
+    -- The first check a second after ready (not on top of `start`'s own
+    -- return), so that `status` soon has the supervisor's view.
+    self.health_timer = cm.time.timer(math.min(interval, 1000), interval,
+        function() self:check_backends() end)
 end
 
 -- One check at a time; a request that arrives during a check (USR1, the
