@@ -255,6 +255,9 @@ static int listening_inodes(int port, unsigned long *inodes)
 {
     size_t n = 0;
     int rc4 = scan_tcp_table("/proc/net/tcp", port, inodes, &n);
+    /* One listener is enough to answer: tcp6 is read only when IPv4 has
+     * none (each table can take milliseconds to read on a busy host). */
+    if (n > 0) return (int)n;
     int rc6 = scan_tcp_table("/proc/net/tcp6", port, inodes, &n);
     if (rc4 < 0 && rc6 < 0) return rc4; /* a kernel without IPv6 has no tcp6: fine */
     return (int)n;
@@ -305,6 +308,12 @@ static void read_comm(const char *pid, char *name, size_t name_size)
     fclose(f);
 }
 
+static int compare_pids_descending(const void *a, const void *b)
+{
+    long x = *(const long *)a, y = *(const long *)b;
+    return (x < y) - (x > y);
+}
+
 int cm_net_port_owner(int port, pid_t *pid, char *name, size_t name_size)
 {
     unsigned long inodes[MAX_LISTEN_INODES];
@@ -312,21 +321,38 @@ int cm_net_port_owner(int port, pid_t *pid, char *name, size_t name_size)
     if (n <= 0) return n;
     DIR *proc = opendir("/proc");
     if (proc == NULL) return -errno;
-    int hidden = 0;
-    int found = 0;
+    /* Newest processes first: the listener asked about is most often one
+     * just started (the app being probed), and reading every process's fd
+     * links costs milliseconds on a busy machine. */
+    size_t count = 0, cap = 256;
+    long *pids = malloc(cap * sizeof *pids);
     struct dirent *de;
-    while (!found && (de = readdir(proc)) != NULL) {
+    while (pids != NULL && (de = readdir(proc)) != NULL) {
         if (de->d_name[0] < '1' || de->d_name[0] > '9') continue;
         if (strspn(de->d_name, "0123456789") != strlen(de->d_name)) continue;
-        int rc = process_holds(de->d_name, inodes, n);
+        if (count == cap) {
+            long *grown = realloc(pids, (cap *= 2) * sizeof *pids);
+            if (grown == NULL) break;
+            pids = grown;
+        }
+        pids[count++] = strtol(de->d_name, NULL, 10);
+    }
+    closedir(proc);
+    if (pids == NULL) return -ENOMEM;
+    qsort(pids, count, sizeof *pids, compare_pids_descending);
+    int hidden = 0, found = 0;
+    for (size_t i = 0; i < count && !found; i++) {
+        char pid_text[24];
+        snprintf(pid_text, sizeof pid_text, "%ld", pids[i]);
+        int rc = process_holds(pid_text, inodes, n);
         if (rc < 0) hidden = 1;
         if (rc > 0) {
             found = 1;
-            if (pid != NULL) *pid = (pid_t)strtol(de->d_name, NULL, 10);
-            read_comm(de->d_name, name, name_size);
+            if (pid != NULL) *pid = (pid_t)pids[i];
+            read_comm(pid_text, name, name_size);
         }
     }
-    closedir(proc);
+    free(pids);
     if (found) return 1;
     return hidden ? -EACCES : 0;
 }

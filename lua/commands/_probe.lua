@@ -7,7 +7,7 @@
 -- milliseconds to load) is ready before the app answers, and never loads
 -- into the long-lived supervisor.
 
-local PROBE_INTERVAL_MS = 5
+local PROBE_INTERVAL_MS = 2
 
 local function note(fmt, ...)
     io.stderr:write(cm.time.strftime("%Y-%m-%d %H:%M:%S"), " [chat-manager] ",
@@ -48,6 +48,7 @@ return {
         local noted = {}
         local t_end = cm.time.now() + deadline
         while cm.time.now() < t_end do
+            -- The cheap connect first; the /proc lookup only once it answers.
             local ok = cm.net.connect("127.0.0.1", port, 1000) and answered_by_app(port, pgid, noted)
             if ok and url then
                 local res = cm.http.get(url, { timeout = timeout,
