@@ -55,7 +55,9 @@ return {
                     connect_timeout = math.min(timeout, 1000), max_bytes = 65536 })
                 ok = res and res.status >= 200 and res.status < 300
             end
-            if ok then return 0 end
+            -- Exit at once: the supervisor is waiting for this exit to
+            -- report ready, and a tidy teardown would only delay it.
+            if ok then cm.sys.exit(0) end
             cm.time.sleep(PROBE_INTERVAL_MS)
         end
         return 1
