@@ -12,6 +12,22 @@ local groups = {
     { id = "user", title = "Your commands (<root>/commands/)" },
 }
 
+-- The old manager's order for the built-ins; other commands follow by name.
+local preferred = { "start", "stop", "restart", "force-stop", "status", "logs", "run", "backend",
+                    "help" }
+
+local function help_order(order)
+    local rank = {}
+    for i, name in ipairs(preferred) do rank[name] = i end
+    local sorted = table.move(order, 1, #order, 1, {})
+    table.sort(sorted, function(a, b)
+        local ra, rb = rank[a] or math.huge, rank[b] or math.huge
+        if ra ~= rb then return ra < rb end
+        return a < b
+    end)
+    return sorted
+end
+
 local function run(ctx, _, out)
     out = out or io.stdout
     local commands, order = require("cli").registry(ctx.root)
@@ -22,7 +38,7 @@ local function run(ctx, _, out)
     add("Usage: chat-manager <command> [arguments] [--root DIR] [--json] [--no-color]")
     for _, g in ipairs(groups) do
         local rows = {}
-        for _, name in ipairs(order) do
+        for _, name in ipairs(help_order(order)) do
             local cmd = commands[name]
             if (cmd.group or "other") == g.id and not cmd.hidden then
                 if cmd.subcommands then
@@ -35,21 +51,21 @@ local function run(ctx, _, out)
         if #rows > 0 then
             add("")
             add(g.title .. ":")
-            for _, r in ipairs(rows) do add("  " .. pad(r.usage, 34) .. r.summary) end
+            for _, r in ipairs(rows) do add("  " .. pad(r.usage, 36) .. r.summary) end
         end
     end
     add("")
     add("Options:")
-    add("  " .. pad("--root DIR", 34) .. "instance directory (else $CHAT_MANAGER_ROOT, else .)")
-    add("  " .. pad("--json", 34) .. "machine-readable output (status, backend status/health)")
-    add("  " .. pad("--no-color", 34) .. "no colours (also NO_COLOR, or when not a terminal)")
+    add("  " .. pad("--root DIR", 36) .. "instance directory (else $CHAT_MANAGER_ROOT, else .)")
+    add("  " .. pad("--json", 36) .. "machine-readable output (status, backend status/health)")
+    add("  " .. pad("--no-color", 36) .. "no colours (also NO_COLOR, or when not a terminal)")
     add("")
     add("Files (in the root):")
-    add("  " .. pad("config.json", 34) .. "configuration ($CONFIG_FILE overrides the path)")
-    add("  " .. pad("process.pid", 34) .. "PID of the running app")
-    add("  " .. pad("logs/chat-o-llama_*.log", 34) .. "one log per start")
-    add("  " .. pad("models/", 34) .. "GGUF models for llama.cpp")
-    add("  " .. pad("run/", 34) .. "supervisor state, pid and lock")
+    add("  " .. pad("config.json", 36) .. "configuration ($CONFIG_FILE overrides the path)")
+    add("  " .. pad("process.pid", 36) .. "PID of the running app")
+    add("  " .. pad("logs/chat-o-llama_*.log", 36) .. "one log per start")
+    add("  " .. pad("models/", 36) .. "GGUF models for llama.cpp")
+    add("  " .. pad("run/", 36) .. "supervisor state, pid and lock")
     add("")
     add("Exit codes: 0 ok, 1 failed, 2 usage error; status: 0 running, 1 dead with pid file,")
     add("3 not running, 4 unknown.")
