@@ -135,15 +135,18 @@ function M:prune_logs(keep)
     for i = 1, #logs - keep do cm.fs.remove(self.logs_dir .. "/" .. logs[i]) end
 end
 
--- The last n lines of a file (reads at most the final 64 KiB).
+-- The last n lines of a file (reads at most its final 64 KiB: a session log
+-- can be gigabytes).
 function M.tail(path, n)
     local st = cm.fs.stat(path)
     if not st then return {} end
-    local text = cm.fs.read(path, math.max(st.size, 1) + 65536) or ""
-    if #text > 65536 then text = text:sub(-65536) end
+    local window = 65536
+    local offset = math.max(0, st.size - window)
+    local text = cm.fs.read_from(path, offset, window) or ""
     local lines = {}
     for line in text:gmatch("[^\n]*") do lines[#lines + 1] = line end
     if lines[#lines] == "" then lines[#lines] = nil end
+    if offset > 0 then table.remove(lines, 1) end -- cut at the window's start
     local first = math.max(1, #lines - n + 1)
     return table.move(lines, first, #lines, 1, {})
 end

@@ -537,10 +537,18 @@ static int l_watch_wait(lua_State *L)
     return cm_waiter_yield(L);
 }
 
+/* Closing wakes a task parked in wait() with "closed", so it can end. */
 static int l_watch_close(lua_State *L)
 {
     watch_obj_t **box = luaL_checkudata(L, 1, WATCH_MT);
-    if (*box != NULL) watch_close(*box);
+    watch_obj_t *w = *box;
+    if (w == NULL) return 0;
+    watch_close(w);
+    lua_State *co = cm_waiter_thread(&w->waiter);
+    if (co != NULL) {
+        lua_pushliteral(co, "closed");
+        cm_waiter_resume(&w->waiter, 1);
+    }
     return 0;
 }
 

@@ -9,24 +9,24 @@ local M = {}
 -- Follows `path` from `offset`, writing new bytes to stdout, switching to a
 -- newer session log when a start creates one, until `stop` is set.
 function M.follow(inst, path, offset, stop)
-    local watcher = cm.fs.watch(path)
-    local dir_watcher = cm.fs.watch(inst.logs_dir)
-    -- The directory watcher only wakes the loop below; a change of either
-    -- sets the same event.
-    local changed
+    -- One event per wait; whatever happens (the file or the directory
+    -- changes, Ctrl+C) sets the current one.
+    local changed = cm.task.event()
+    local function wake() changed:set() end
     local function watch_loop(w)
-        return cm.task.spawn(function()
-            while not stop:is_set() do
-                local what = w:wait()
-                if what ~= "change" and what ~= "timeout" then break end
-                if changed then changed:set() end
-            end
+        cm.task.spawn(function()
+            while w:wait() == "change" do wake() end -- ends when w is closed
         end)
     end
+    local watcher = cm.fs.watch(path)
+    local dir_watcher = cm.fs.watch(inst.logs_dir)
     watch_loop(watcher)
     watch_loop(dir_watcher)
+    cm.task.spawn(function()
+        stop:wait()
+        wake()
+    end)
     while not stop:is_set() do
-        changed = cm.task.event()
         local data = cm.fs.read_from(path, offset)
         if data and #data > 0 then
             io.stdout:write(data)
@@ -41,13 +41,9 @@ function M.follow(inst, path, offset, stop)
                 watch_loop(watcher)
                 io.stdout:write(("==> %s <==\n"):format(path))
             else
-                -- Wake on a change, on Ctrl+C, or every 2 s as a safety net
-                -- for filesystems without change notifications.
-                cm.task.spawn(function()
-                    stop:wait()
-                    changed:set()
-                end)
+                -- Also every 2 s, for filesystems without change events.
                 changed:wait(2000)
+                changed = cm.task.event()
             end
         end
     end
