@@ -2,7 +2,7 @@
 --
 -- Every module in lua/commands/ is a command, and so is every .lua file in
 -- <root>/commands/ (users' own).  A command is a table
---   { name, usage, summary, group = "app"|"backend"|"other", run(ctx, args) }
+--   { name, usage, summary, group = "app"|"backend"|"other", max_args?, run(ctx, args) }
 -- and run returns the exit code.
 
 local ui = require("ui")
@@ -159,6 +159,12 @@ function M.main(argv)
         return M.EXIT_USAGE
     end
     local args = table.move(rest, 2, #rest, 1, {})
+    -- Commands declare how many arguments they take; extra ones are a usage
+    -- error before anything runs.
+    if math.type(rawget(cmd, "max_args")) == "integer" and #args > cmd.max_args then
+        ui.error("usage: chat-manager %s", cmd.usage or name)
+        return M.EXIT_USAGE
+    end
     local code = cmd.run(ctx, args)
     io.stdout:flush()
     if code == nil or code == true then return M.EXIT_OK end

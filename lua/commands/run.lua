@@ -9,13 +9,10 @@ local instance_mod = require("instance")
 return {
     name = "run",
     usage = "run [port]",
+    max_args = 1,
     summary = "run the supervisor in the foreground (systemd, containers)",
     group = "app",
     run = function(ctx, args)
-        if #args > 1 then
-            ui.error("usage: chat-manager run [port]")
-            return 2
-        end
         local settings, err = settings_mod.load(ctx.root)
         if not settings then
             ui.error("%s", err)

@@ -140,13 +140,10 @@ end
 return {
     name = "status",
     usage = "status",
+    max_args = 0,
     summary = "show the app's state, PID, port, uptime, log and backends",
     group = "app",
-    run = function(ctx, args)
-        if #args > 0 then
-            ui.error("usage: chat-manager status")
-            return 2
-        end
+    run = function(ctx)
         local ok, report, settings = pcall(collect, ctx)
         if not ok then
             ui.error("cannot determine the status: %s", report)

@@ -1,16 +1,12 @@
 -- stop: TERM to the app's group, KILL after stop_timeout; returns the moment
 -- the group is gone.
-local ui = require("ui")
 return {
     name = "stop",
     usage = "stop",
+    max_args = 0,
     summary = "stop the app gracefully (SIGTERM, then SIGKILL after stop_timeout)",
     group = "app",
-    run = function(ctx, args)
-        if #args > 0 then
-            ui.error("usage: chat-manager stop")
-            return 2
-        end
+    run = function(ctx)
         return require("control").stop(ctx)
     end,
 }
