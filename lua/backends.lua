@@ -245,10 +245,17 @@ function M.to_json(result)
     }
 end
 
+-- A result read back from JSON: null healthy is unknown (nil).
+function M.from_json(result)
+    if result.healthy == cm.json.null then result.healthy = nil end
+    return result
+end
+
 -- ---- the last check -------------------------------------------------------
 
--- Every full check is kept in run/backends.json, so that `status` can show
--- a recent one (with its age) instead of checking again.
+-- Every full check (by a command, or the supervisor's periodic one, which
+-- runs `backend status` in a child) is kept in run/backends.json, so that
+-- `status` can show a recent one (with its age) instead of checking again.
 local function last_check_path(settings)
     return settings.root .. "/run/backends.json"
 end
@@ -257,8 +264,8 @@ function M.remember(settings, results)
     if not cm.fs.exists(settings.root .. "/run") then return end
     local doc = { checked_at = cm.time.wall(), backends = {} }
     for name, r in pairs(results) do
-        doc.backends[name] = { healthy = r.healthy == nil and cm.json.null or r.healthy,
-                               detail = r.detail, ms = r.ms }
+        local j = M.to_json(r)
+        doc.backends[name] = { healthy = j.healthy, detail = j.detail, ms = j.ms }
     end
     local ok, text = pcall(cm.json.encode, doc)
     if ok then cm.fs.write_atomic(last_check_path(settings), text, tonumber("600", 8), false) end
@@ -276,7 +283,7 @@ function M.recall(settings, max_age)
     if age < 0 or age > max_age then return nil end
     for _, r in pairs(doc.backends) do
         if type(r) ~= "table" then return nil end
-        if r.healthy == cm.json.null then r.healthy = nil end
+        M.from_json(r)
     end
     return doc.backends, age
 end

@@ -22,10 +22,7 @@ local function check_in_child(sv)
     end
     local results = {}
     for name, r in pairs(doc.backends) do
-        if type(r) == "table" then
-            if r.healthy == cm.json.null then r.healthy = nil end
-            results[name] = r
-        end
+        if type(r) == "table" then results[name] = require("backends").from_json(r) end
     end
     return results
 end
@@ -51,14 +48,6 @@ function M.tick(sv)
         sv:log("backend '%s' unhealthy (%d in a row): %s", active, ctx.backend_failures,
             r and r.detail or "unknown backend")
     end
-    ctx.backend_health = health
-    -- What `status` shows while the supervisor runs, without checking again.
-    local summary = {}
-    for name, r in pairs(results) do
-        summary[name] = { healthy = r.healthy == nil and cm.json.null or r.healthy,
-                          detail = r.detail, ms = r.ms }
-    end
-    ctx.backend_results, ctx.backends_checked_at = summary, cm.time.wall()
     local decision, policy_err = fallback.evaluate(settings, fallback.context(settings, {
         health = health, failures = ctx.backend_failures, why = "health",
         last_switch = ctx.last_switch,

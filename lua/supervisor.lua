@@ -86,8 +86,6 @@ function Supervisor:snapshot()
         last_exit = ctx.last_exit,
         retry_at = ctx.retry_at,
         ready_ms = ctx.ready_ms,
-        backends = ctx.backend_results,
-        backends_checked_at = ctx.backends_checked_at,
         log = cm.log.path(),
         log_error = self.log_failed,
         config_error = self.config_error,

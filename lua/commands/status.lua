@@ -61,27 +61,14 @@ local function collect(ctx)
     report.orphans = orphans
     if settings then
         report.active_backend = settings:get("backend.active")
+        -- A check younger than health_check_interval (the supervisor's
+        -- periodic one, or a command's) is shown with its age; else check
+        -- now.  With a supervisor, one interval of slack covers its timing.
         local backends = require("backends")
-        local max_age = settings:get("backend.health_check_interval")
-        if sup and type(st.backends) == "table" and st.backends_checked_at then
-            -- The supervisor checks the backends every health_check_interval:
-            -- show its latest view rather than checking again.
-            report.backends = st.backends
-            report.backends_age_s = math.max(0, cm.time.wall() - st.backends_checked_at)
-            report.backends_by = "the supervisor"
-            for _, r in pairs(report.backends) do
-                if r.healthy == cm.json.null then r.healthy = nil end
-            end
-        else
-            -- A check younger than health_check_interval (by `backend
-            -- status`, `start`, ...) is shown with its age; else check now.
-            report.backends, report.backends_age_s = backends.recall(settings, max_age)
-            if report.backends then
-                report.backends_by = "an earlier command"
-            else
-                report.backends = backends.check_all(settings)
-            end
-        end
+        local interval = settings:get("backend.health_check_interval")
+        report.backends, report.backends_age_s = backends.recall(settings,
+            sup and 2 * interval or interval)
+        if not report.backends then report.backends = backends.check_all(settings) end
     end
     return report, settings
 end
@@ -131,7 +118,7 @@ local function print_report(r, settings)
     if r.backends and settings then
         ui.say("")
         if r.backends_age_s then
-            ui.say("Backends (checked %ds ago by %s):", math.floor(r.backends_age_s), r.backends_by)
+            ui.say("Backends (checked %ds ago):", math.floor(r.backends_age_s))
         end
         require("backends").print_section(settings, r.backends)
     end
