@@ -15,6 +15,8 @@
  */
 #include "config.h"
 
+#include "fsutil.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -1076,62 +1078,6 @@ static int take_lock(const char *lock_path)
     }
 }
 
-static int write_all(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t k = write(fd, p, n);
-        if (k < 0 && errno == EINTR) continue;
-        if (k < 0) return -1;
-        p += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
-/* Writes text to a new temp file tmp, with the given mode (and owner, when
- * uid is not -1), durably.  Returns 0, or -1 with errno set and *what naming
- * the step that failed; the caller removes tmp when *created is set. */
-static int write_temp(const char *tmp, const char *text, size_t len, mode_t mode, uid_t uid,
-                      gid_t gid, int *created, const char **what)
-{
-    *what = "creating";
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
-    if (fd < 0 && errno == EEXIST) {
-        /* We hold the lock, and the name carries our pid, so a file by this
-         * name is a leftover of a crashed earlier process: replace it.  (A
-         * directory or anything unlink refuses stays, and we fail.) */
-        if (unlink(tmp) == 0)
-            fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
-        else
-            errno = EEXIST;
-    }
-    if (fd < 0) return -1;
-    *created = 1;
-    int ok = 0;
-    if (write_all(fd, text, len) != 0) {
-        *what = "writing";
-    } else if (fchmod(fd, mode) != 0) {
-        *what = "setting the mode of";
-    } else {
-        /* Keeping the owner matters when root saves a user's file; it may
-         * fail for an ordinary user, which is then already the owner. */
-        if (uid != (uid_t)-1 && fchown(fd, uid, gid) != 0) {
-        }
-        if (fsync(fd) != 0)
-            *what = "syncing";
-        else
-            ok = 1;
-    }
-    int e = errno;
-    if (close(fd) != 0 && ok) {
-        e = errno;
-        *what = "closing";
-        ok = 0;
-    }
-    errno = e;
-    return ok ? 0 : -1;
-}
-
 /* dirname and basename of path, into malloc'd strings. */
 static int split_path(const char *path, char **dir, char **base)
 {
@@ -1166,8 +1112,8 @@ int cm_config_save(const cm_config_t *cfg, const char *path, const char *lock_pa
                    cm_config_error_t *err)
 {
     if (path == NULL) path = cfg->path;
-    char *target = NULL, *dir = NULL, *base = NULL, *tmp = NULL, *lock = NULL, *text = NULL;
-    int lock_fd = -1, created = 0, rc = -1;
+    char *target = NULL, *dir = NULL, *base = NULL, *lock = NULL, *text = NULL;
+    int lock_fd = -1, rc = -1;
     size_t len;
     struct stat st;
 
@@ -1186,12 +1132,9 @@ int cm_config_save(const cm_config_t *cfg, const char *path, const char *lock_pa
         set_error(err, "EISDIR", EISDIR, "%s: cannot save: %s", path, strerror(EISDIR));
         goto out;
     }
-    char suffix[32];
-    snprintf(suffix, sizeof(suffix), ".tmp.%ld", (long)getpid());
-    tmp = hidden_sibling(dir, base, suffix);
     lock = lock_path != NULL ? strdup(lock_path) : hidden_sibling(dir, base, ".lock");
     text = cm_config_text(cfg, &len);
-    if (tmp == NULL || lock == NULL || text == NULL) {
+    if (lock == NULL || text == NULL) {
         set_error(err, "nomem", ENOMEM, "%s: cannot save: out of memory", path);
         goto out;
     }
@@ -1225,36 +1168,18 @@ int cm_config_save(const cm_config_t *cfg, const char *path, const char *lock_pa
         goto out;
     }
 
-    const char *what;
-    if (write_temp(tmp, text, len, mode, uid, gid, &created, &what) != 0) {
+    char what[PATH_MAX + 64];
+    if (cm_replace_file(target, text, len, mode, uid, gid, 1, what, sizeof what) != 0) {
         int e = errno;
-        set_error(err, cm_errno_code(e), e, "%s: cannot save: %s (%s %s)", target, strerror(e),
-                  what, tmp);
+        set_error(err, cm_errno_code(e), e, "%s: cannot save: %s (%s)", target, strerror(e), what);
         goto out;
     }
-    if (rename(tmp, target) != 0) {
-        int e = errno;
-        set_error(err, cm_errno_code(e), e, "%s: cannot save: %s (renaming %s over it)", target,
-                  strerror(e), tmp);
-        goto out;
-    }
-    created = 0;
     rc = 0;
 
-    /* The rename is durable once the directory is: best effort, since the
-     * new contents are in place whatever happens here. */
-    int dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dir_fd >= 0) {
-        (void)fsync(dir_fd);
-        close(dir_fd);
-    }
-
 out:
-    if (created) unlink(tmp);
     if (lock_fd >= 0) close(lock_fd);
     free(text);
     free(lock);
-    free(tmp);
     free(base);
     free(dir);
     free(target);

@@ -5,6 +5,7 @@
  * their task on the loop.
  */
 #include "cm_modules.h"
+#include "fsutil.h"
 #include "runtime.h"
 
 #include <dirent.h>
@@ -80,20 +81,8 @@ static int l_read_from(lua_State *L)
     return 1;
 }
 
-static int write_all(int fd, const char *data, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, data, len);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return -1;
-        data += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
-/* Temp file in the same directory, fsync, rename, fsync the directory: the
- * file is always either the old or the new content, never a torn mix. */
+/* write_atomic(path, data [, mode [, sync]]): see cm_replace_file.  An
+ * existing file keeps its mode. */
 static int l_write_atomic(lua_State *L)
 {
     size_t len;
@@ -106,33 +95,12 @@ static int l_write_atomic(lua_State *L)
     int sync = lua_isnoneornil(L, 4) ? 1 : lua_toboolean(L, 4);
     struct stat st;
     if (stat(path, &st) == 0) mode = st.st_mode & 07777;
-
-    char dir[PATH_MAX], tmp[PATH_MAX];
-    const char *slash = strrchr(path, '/');
-    if (slash == NULL)
-        snprintf(dir, sizeof dir, ".");
-    else
-        snprintf(dir, sizeof dir, "%.*s", (int)(slash == path ? 1 : slash - path), path);
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (fd < 0) return fail_errno(L, tmp, errno);
-    if (write_all(fd, data, len) != 0 || fchmod(fd, mode) != 0 || (sync && fsync(fd) != 0)) {
+    char what[PATH_MAX + 64];
+    if (cm_replace_file(path, data, len, mode, (uid_t)-1, (gid_t)-1, sync, what, sizeof what) !=
+        0) {
         int err = errno;
-        close(fd);
-        unlink(tmp);
-        return fail_errno(L, path, err);
-    }
-    close(fd);
-    if (rename(tmp, path) != 0) {
-        int err = errno;
-        unlink(tmp);
-        return fail_errno(L, path, err);
-    }
-    int dfd = sync ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
+        return cm_fail(L, uv_err_name(uv_translate_sys_error(err)), "%s: %s (%s)", path,
+                       strerror(err), what);
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -145,7 +113,7 @@ static int l_append(lua_State *L)
     const char *data = luaL_checklstring(L, 2, &len);
     int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0) return fail_errno(L, path, errno);
-    if (write_all(fd, data, len) != 0) {
+    if (cm_write_all(fd, data, len) != 0) {
         int err = errno;
         close(fd);
         return fail_errno(L, path, err);

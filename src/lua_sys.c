@@ -3,6 +3,7 @@
  * signals) and the session log the supervisor writes its event lines to.
  */
 #include "cm_modules.h"
+#include "fsutil.h"
 #include "runtime.h"
 
 #include <errno.h>
@@ -82,13 +83,7 @@ static int l_write(lua_State *L)
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
     fflush(stdout);
-    while (len > 0) {
-        ssize_t n = write(fd, data, len);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return cm_fail(L, "EIO", "write: %s", strerror(errno));
-        data += n;
-        len -= (size_t)n;
-    }
+    if (cm_write_all(fd, data, len) != 0) return cm_fail(L, "EIO", "write: %s", strerror(errno));
     lua_pushboolean(L, 1);
     return 1;
 }

@@ -1,0 +1,108 @@
+/*
+ * File writing shared by the config writer and cm.fs (see fsutil.h).
+ */
+#include "fsutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int cm_write_all(int fd, const void *data, size_t len)
+{
+    const char *p = data;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return -1;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Creates the temp file, replacing a stale one of the same name: the name
+ * carries our pid, so such a file is a leftover of a crashed earlier
+ * process.  (A directory, or anything unlink refuses, stays: we fail.) */
+static int create_temp(const char *tmp)
+{
+    int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY;
+    int fd = open(tmp, flags, 0600);
+    if (fd < 0 && errno == EEXIST) {
+        if (unlink(tmp) == 0)
+            fd = open(tmp, flags, 0600);
+        else
+            errno = EEXIST;
+    }
+    return fd;
+}
+
+int cm_replace_file(const char *target, const void *data, size_t len, mode_t mode, uid_t uid,
+                    gid_t gid, int sync, char *what, size_t whatlen)
+{
+    const char *slash = strrchr(target, '/');
+    size_t dlen = slash == NULL ? 0 : (slash == target ? 1 : (size_t)(slash - target));
+    const char *base = slash == NULL ? target : slash + 1;
+    char *dir = slash == NULL ? strdup(".") : strndup(target, dlen);
+    size_t tlen = strlen(target) + 32;
+    char *tmp = malloc(tlen);
+    if (dir == NULL || tmp == NULL) {
+        free(dir);
+        free(tmp);
+        snprintf(what, whatlen, "preparing");
+        errno = ENOMEM;
+        return -1;
+    }
+    snprintf(tmp, tlen, "%s%s.%s.tmp.%ld", slash == NULL ? "" : dir,
+             slash == NULL || strcmp(dir, "/") == 0 ? "" : "/", base, (long)getpid());
+
+    int rc = -1, created = 0;
+    const char *step = "creating";
+    int fd = create_temp(tmp);
+    if (fd >= 0) {
+        created = 1;
+        step = "writing";
+        if (cm_write_all(fd, data, len) == 0) {
+            step = "setting the mode of";
+            if (fchmod(fd, mode) == 0) {
+                /* Keeping the owner matters when root saves a user's file; it
+                 * may fail for an ordinary user, who is then the owner. */
+                if (uid != (uid_t)-1 && fchown(fd, uid, gid) != 0) {
+                }
+                step = "syncing";
+                if (!sync || fsync(fd) == 0) rc = 0;
+            }
+        }
+        int e = errno;
+        if (close(fd) != 0 && rc == 0) {
+            e = errno;
+            step = "closing";
+            rc = -1;
+        }
+        errno = e;
+    }
+    if (rc == 0 && rename(tmp, target) != 0) {
+        step = "renaming";
+        rc = -1;
+    }
+    if (rc != 0) {
+        int e = errno;
+        snprintf(what, whatlen, "%s %s", step, tmp);
+        if (created) unlink(tmp);
+        errno = e;
+    } else if (sync) {
+        /* The rename is durable once the directory is: best effort, since
+         * the new contents are in place whatever happens here. */
+        int dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dir_fd >= 0) {
+            (void)fsync(dir_fd);
+            close(dir_fd);
+        }
+    }
+    free(tmp);
+    free(dir);
+    return rc;
+}
