@@ -450,9 +450,6 @@ function M.run(opts)
             or lerr)
     end
 
-    -- `start` may let other commands in now: this lock serialises starts.
-    if opts.ready_fd then cm.sys.write(opts.ready_fd, "locked\n") end
-
     local stamp = cm.time.strftime("%Y%m%d_%H%M%S")
     local log_path = ("%s/chat-o-llama_%s.log"):format(inst.logs_dir, stamp)
     ok, err = cm.log.open(log_path)
@@ -500,7 +497,10 @@ function M.run(opts)
         cm.sys.on_signal("USR1", function() sv:check_backends() end),
         cm.sys.on_signal("CHLD", function() cm.proc.reap_orphans() end),
     }
-    if opts.initial_event ~= false then machine:fire("start") end
+    -- `start` may let other commands in now: run/lock serialises starts,
+    -- and a `stop` finds the signal handlers in place.
+    if opts.ready_fd then cm.sys.write(opts.ready_fd, "locked\n") end
+    machine:fire("start")
 
     local code = sv.done:wait()
     for _, h in ipairs(handlers) do h:close() end
