@@ -565,11 +565,8 @@ static void logs_follow_ends_on_ctrl_c(void **state)
     assert_non_null(strstr(text, "stopping -> stopped"));
     free(text);
     kill(pid, SIGINT);
-    int st = 0;
-    t0 = cmt_now_ms();
-    while (waitpid(pid, &st, WNOHANG) == 0 && cmt_now_ms() - t0 < 5000)
-        usleep(5000);
-    assert_true(WIFEXITED(st));
+    int st = cmt_wait_child(pid, 5000);
+    assert_true(st != -1 && WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
     free(out);
     inst_free(in);
@@ -585,11 +582,8 @@ static void run_in_the_foreground(void **state)
     assert_int_equal(cmt_wait_port(in->port, 10000), 0);
     int app = wait_state(in, "running", 2000);
     kill(pid, SIGTERM);
-    int st = 0;
-    double t0 = cmt_now_ms();
-    while (waitpid(pid, &st, WNOHANG) == 0 && cmt_now_ms() - t0 < 10000)
-        usleep(5000);
-    assert_true(WIFEXITED(st));
+    int st = cmt_wait_child(pid, 10000);
+    assert_true(st != -1 && WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
     assert_false(cmt_pid_alive(app));
     char *text = cmt_read_file(out, NULL);

@@ -349,11 +349,8 @@ static void force_stop_kills_only_marked_processes(void **state)
     r = cmt_cm(w->root, NULL, 30000, "force-stop", NULL);
     assert_int_equal(r.code, 0);
     cmt_result_free(&r);
-    int st;
-    double t0 = cmt_now_ms();
-    while (waitpid(marked, &st, WNOHANG) == 0 && cmt_now_ms() - t0 < 5000)
-        usleep(5000);
-    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    int st = cmt_wait_child(marked, 5000);
+    assert_true(st != -1 && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
     assert_int_equal(kill(foreign, 0), 0);
     assert_true(cmt_wait_dead(app, 5000));
     cmt_kill_group(foreign);

@@ -279,6 +279,17 @@ pid_t cmt_spawn(const char *const argv[], const char *const env[], const char *o
     return pid;
 }
 
+int cmt_wait_child(pid_t pid, int timeout_ms)
+{
+    double t0 = cmt_now_ms();
+    int status = 0;
+    while (cmt_now_ms() - t0 < timeout_ms) {
+        if (waitpid(pid, &status, WNOHANG) == pid) return status;
+        usleep(5000);
+    }
+    return -1;
+}
+
 void cmt_kill_group(pid_t pgid)
 {
     if (pgid <= 1) return;

@@ -43,6 +43,9 @@ cmt_result_t cmt_cm(const char *root, const char *const env[], int timeout_ms, .
 
 /* Starts a background process in its own process group; returns its pid. */
 pid_t cmt_spawn(const char *const argv[], const char *const env[], const char *out_path);
+/* Waits (bounded) for a child we started to exit; returns its wait status,
+ * or -1 when it is still running at the deadline. */
+int cmt_wait_child(pid_t pid, int timeout_ms);
 /* Kills the group we started and reaps the leader (bounded). */
 void cmt_kill_group(pid_t pgid);
 
