@@ -171,8 +171,7 @@ function M.start_locked(ctx, settings, inst, port, lock)
         end
         return EXIT_FAIL
     end
-    local supervisor = require("supervisor")
-    local launch = supervisor.app_launch(settings, inst, port)
+    local launch = require("app").launch(settings, inst, port)
     local ok, err = check_app(launch)
     if not ok then
         ui.error("%s", err)

@@ -12,41 +12,9 @@
 local settings_mod = require("settings")
 local instance_mod = require("instance")
 local lifecycle = require("lifecycle")
+local app = require("app")
 
 local M = {}
-
-
--- Builds the app's command, working directory and environment (DESIGN §8).
-function M.app_launch(settings, inst, port)
-    local env = cm.sys.environ()
-    env.PORT = tostring(port)
-    env.CONFIG_FILE = settings.path
-    env[instance_mod.MARKER] = inst.id
-    for k, v in pairs(settings:get("manager.app.env")) do env[k] = v end
-    local venv = settings:get("manager.app.venv")
-    local venv_dir
-    if venv == "auto" then
-        for _, name in ipairs({ "venv", ".venv" }) do
-            local st = cm.fs.stat(inst.root .. "/" .. name .. "/bin")
-            if st and st.type == "dir" then
-                venv_dir = inst.root .. "/" .. name
-                break
-            end
-        end
-    elseif type(venv) == "string" then
-        venv_dir = settings:resolve(venv)
-    end
-    if venv_dir then
-        -- What `source venv/bin/activate` would do.
-        env.VIRTUAL_ENV = venv_dir
-        env.PATH = venv_dir .. "/bin:" .. (env.PATH or "/usr/bin:/bin")
-        env.PYTHONHOME = nil
-    end
-    local argv = {}
-    for i, a in ipairs(settings:get("manager.app.command")) do argv[i] = a end
-    return { argv = argv, cwd = settings:resolve(settings:get("manager.app.cwd")), env = env,
-             venv = venv_dir }
-end
 
 local Supervisor = {}
 Supervisor.__index = Supervisor
@@ -124,7 +92,16 @@ function actions.spawn_app(sv)
     local ctx = sv.ctx
     sv:reload_settings()
     ctx.attempt = (ctx.attempt or 0) + 1
-    local launch = M.app_launch(sv.settings, sv.inst, sv.port)
+    -- The app reads its port (and backend) from its config file, so an
+    -- override reaches it through run/app-config.json.
+    local config_file, cerr = app.config_for(sv.settings, sv.inst, { port = sv.port })
+    if not config_file then
+        sv:log("cannot write the app's config: %s", cerr)
+        ctx.pid, ctx.pid_start = nil, nil
+        sv.machine:fire("exited", { code = 127, error = "cannot write the app's config: " .. cerr })
+        return
+    end
+    local launch = app.launch(sv.settings, sv.inst, sv.port, config_file)
     ctx.spawned_at = cm.time.now()
     local attempt = ctx.attempt
     local child, err = cm.proc.spawn({
