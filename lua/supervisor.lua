@@ -16,6 +16,8 @@ local app = require("app")
 
 local M = {}
 
+local PROBE_WRONG_PORT = 3 -- commands/_probe.lua's exit code
+
 local Supervisor = {}
 Supervisor.__index = Supervisor
 
@@ -103,6 +105,7 @@ function actions.spawn_app(sv)
     end
     local launch = app.launch(sv.settings, sv.inst, sv.port, config_file)
     ctx.spawned_at = cm.time.now()
+    ctx.app_config = launch.env.CONFIG_FILE
     local attempt = ctx.attempt
     local child, err = cm.proc.spawn({
         argv = launch.argv,
@@ -145,8 +148,9 @@ end
 
 -- Readiness: a TCP connect to the port, answered by the app's own group,
 -- then (with manager.health_path) an HTTP 2xx.  A child does the probing
--- (commands/_probe.lua) and exits 0 when the app answers; it belongs to one
--- attempt and is stopped when that attempt ends.
+-- (commands/_probe.lua) and exits 0 when the app answers, 3 when the app
+-- listens on another port; it belongs to one attempt and is stopped when
+-- that attempt ends.
 function actions.probe_ready(sv)
     local ctx = sv.ctx
     local attempt = ctx.attempt
@@ -167,9 +171,26 @@ function actions.probe_ready(sv)
             if code == 0 and sv.machine:state() == "starting" then
                 ctx.ready_ms = math.floor(cm.time.now() - ctx.spawned_at + 0.5)
                 sv.machine:fire("ready")
+            elseif code == PROBE_WRONG_PORT and sv.machine:state() == "starting" then
+                -- It will not become ready on this port: end the start now,
+                -- as its timeout would.
+                if sv.start_timer then sv.start_timer:stop() end
+                sv.start_timer = nil
+                sv.machine:fire("start_timeout", { reason = sv:wrong_port_reason() })
             end
         end,
     })
+end
+
+-- "the app listens on 3113, not on 8080 (it reads server.port from FILE)"
+function Supervisor:wrong_port_reason()
+    local ports = self.ctx.pid and cm.net.group_ports(self.ctx.pid) or {}
+    local list = {}
+    for i, p in ipairs(ports) do list[i] = tostring(p) end
+    local where = self.ctx.app_config and (" (it reads server.port from %s)"):format(self.ctx.app_config)
+        or ""
+    return ("the app listens on %s, not on %d%s"):format(#list > 0 and table.concat(list, ", ")
+        or "another port", self.port, where)
 end
 
 function Supervisor:stop_probe()
@@ -208,9 +229,9 @@ function actions.record_exit(sv, payload)
     cm.fs.remove(sv.inst.pid_file)
 end
 
-function actions.record_timeout(sv)
+function actions.record_timeout(sv, payload)
     local t = sv.settings:get("manager.start_timeout")
-    sv.ctx.last_exit = { text = ("not ready within %g s (start_timeout)"):format(t),
+    sv.ctx.last_exit = { text = payload.reason or ("not ready within %g s (start_timeout)"):format(t),
                          at = cm.time.wall() }
 end
 

@@ -12,6 +12,7 @@
 #include "runtime.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <stdlib.h>
@@ -154,6 +155,23 @@ static int l_net_port_owner(lua_State *L)
     return 1;
 }
 
+/* cm.net.group_ports(pgid) -> { port, ... } (ascending) | nil, msg, code
+ * The TCP ports that the processes of group pgid listen on. */
+static int l_net_group_ports(lua_State *L)
+{
+    lua_Integer pgid = luaL_checkinteger(L, 1);
+    if (pgid <= 0 || pgid > INT_MAX) return luaL_argerror(L, 1, "a process group id");
+    int ports[64];
+    int n = cm_net_group_ports((pid_t)pgid, ports, 64);
+    if (n < 0) return cm_fail(L, uv_err_name(n), "cannot read /proc/net/tcp: %s", strerror(-n));
+    lua_createtable(L, n, 0); /* [ports] */
+    for (int i = 0; i < n; i++) {
+        lua_pushinteger(L, ports[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
 int cm__open_net(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
@@ -161,6 +179,7 @@ int cm__open_net(lua_State *L)
         {"port_free", l_net_port_free},
         {"port_listening", l_net_port_listening},
         {"port_owner", l_net_port_owner},
+        {"group_ports", l_net_group_ports},
         {NULL, NULL},
     };
     luaL_newlib(L, funcs); /* [net] */

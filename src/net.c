@@ -14,6 +14,7 @@
  */
 #include "net.h"
 
+#include "proc.h"
 #include "runtime.h"
 
 #include <dirent.h>
@@ -224,9 +225,11 @@ int cm_net_port_free(const char *host, int port)
 #define MAX_LISTEN_INODES 32
 #define TCP_LISTEN 0x0A /* the "st" column of /proc/net/tcp */
 
-/* Adds the inodes of the LISTEN sockets on `port` found in one /proc/net
- * table.  Returns 0, or -errno when the table cannot be read. */
-static int scan_tcp_table(const char *path, int port, unsigned long *inodes, size_t *n)
+/* Adds the inodes of the LISTEN sockets on `port` (any port when 0) found
+ * in one /proc/net table, and their ports when `ports` is not NULL; at most
+ * `max` in all.  Returns 0, or -errno when the table cannot be read. */
+static int scan_tcp_table(const char *path, int port, unsigned long *inodes, int *ports,
+                          size_t *n, size_t max)
 {
     FILE *f = fopen(path, "re");
     if (f == NULL) return -errno;
@@ -242,8 +245,10 @@ static int scan_tcp_table(const char *path, int port, unsigned long *inodes, siz
         int got = sscanf(
             line, " %*d: %*[0-9A-Fa-f]:%x %*[0-9A-Fa-f]:%*x %x %*x:%*x %*x:%*x %*x %*u %*u %lu",
             &local_port, &state, &inode);
-        if (got != 3 || state != TCP_LISTEN || (int)local_port != port) continue;
-        if (*n < MAX_LISTEN_INODES) inodes[(*n)++] = inode;
+        if (got != 3 || state != TCP_LISTEN || (port != 0 && (int)local_port != port)) continue;
+        if (*n >= max) continue;
+        if (ports != NULL) ports[*n] = (int)local_port;
+        inodes[(*n)++] = inode;
     }
     fclose(f);
     return 0;
@@ -254,11 +259,11 @@ static int scan_tcp_table(const char *path, int port, unsigned long *inodes, siz
 static int listening_inodes(int port, unsigned long *inodes)
 {
     size_t n = 0;
-    int rc4 = scan_tcp_table("/proc/net/tcp", port, inodes, &n);
+    int rc4 = scan_tcp_table("/proc/net/tcp", port, inodes, NULL, &n, MAX_LISTEN_INODES);
     /* One listener is enough to answer: tcp6 is read only when IPv4 has
      * none (each table can take milliseconds to read on a busy host). */
     if (n > 0) return (int)n;
-    int rc6 = scan_tcp_table("/proc/net/tcp6", port, inodes, &n);
+    int rc6 = scan_tcp_table("/proc/net/tcp6", port, inodes, NULL, &n, MAX_LISTEN_INODES);
     if (rc4 < 0 && rc6 < 0) return rc4; /* a kernel without IPv6 has no tcp6: fine */
     return (int)n;
 }
@@ -270,9 +275,11 @@ int cm_net_port_listening(int port)
     return n < 0 ? n : n > 0;
 }
 
-/* Whether one of `pid`'s descriptors is one of the sockets.  Returns 1, 0,
- * or -EACCES when its fd directory is not ours to read. */
-static int process_holds(const char *pid, const unsigned long *inodes, int n)
+/* Marks (held[i] = 1) which of the sockets `pid`'s descriptors hold; with
+ * `first_only` it stops at the first one.  Returns how many it marked, or
+ * -EACCES when its fd directory is not ours to read. */
+static int mark_held(const char *pid, const unsigned long *inodes, int n, char *held,
+                     int first_only)
 {
     char dir_path[sizeof "/proc//fd" + NAME_MAX];
     snprintf(dir_path, sizeof dir_path, "/proc/%s/fd", pid);
@@ -280,7 +287,7 @@ static int process_holds(const char *pid, const unsigned long *inodes, int n)
     if (dir == NULL) return errno == EACCES || errno == EPERM ? -EACCES : 0;
     int found = 0;
     struct dirent *de;
-    while (!found && (de = readdir(dir)) != NULL) {
+    while (!(first_only && found) && (de = readdir(dir)) != NULL) {
         if (de->d_name[0] == '.') continue;
         char target[64];
         ssize_t len = readlinkat(dirfd(dir), de->d_name, target, sizeof target - 1);
@@ -288,11 +295,24 @@ static int process_holds(const char *pid, const unsigned long *inodes, int n)
         target[len] = '\0';
         unsigned long inode;
         if (sscanf(target, "socket:[%lu]", &inode) != 1) continue;
-        for (int i = 0; i < n && !found; i++)
-            found = inodes[i] == inode;
+        for (int i = 0; i < n; i++) {
+            if (inodes[i] != inode) continue;
+            if (!held[i]) found++;
+            held[i] = 1;
+            break;
+        }
     }
     closedir(dir);
     return found;
+}
+
+/* Whether one of `pid`'s descriptors is one of the sockets.  Returns 1, 0,
+ * or -EACCES when its fd directory is not ours to read. */
+static int process_holds(const char *pid, const unsigned long *inodes, int n)
+{
+    char held[MAX_LISTEN_INODES] = {0};
+    int rc = mark_held(pid, inodes, n, held, 1);
+    return rc < 0 ? rc : rc > 0;
 }
 
 /* Reads /proc/PID/comm into name (without its newline). */
@@ -355,4 +375,67 @@ int cm_net_port_owner(int port, pid_t *pid, char *name, size_t name_size)
     free(pids);
     if (found) return 1;
     return hidden ? -EACCES : 0;
+}
+
+/* ---- the ports a process group listens on -------------------------------- */
+
+#define MAX_GROUP_LISTENERS 4096
+
+typedef struct group_scan {
+    pid_t pgid;
+    const unsigned long *inodes;
+    int n;
+    char *held;
+} group_scan_t;
+
+static int mark_group_member(pid_t pid, void *arg)
+{
+    group_scan_t *g = arg;
+    cm_proc_stat_t st;
+    if (cm_proc_read_stat(pid, &st) != 0 || st.pgid != g->pgid || st.state == 'Z') return 0;
+    char pid_text[24];
+    snprintf(pid_text, sizeof pid_text, "%ld", (long)pid);
+    mark_held(pid_text, g->inodes, g->n, g->held, 0);
+    return 0;
+}
+
+static int compare_ints(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+int cm_net_group_ports(pid_t pgid, int *ports, int max)
+{
+    if (pgid <= 0 || max <= 0) return -EINVAL;
+    unsigned long *inodes = malloc(MAX_GROUP_LISTENERS * sizeof *inodes);
+    int *all = malloc(MAX_GROUP_LISTENERS * sizeof *all);
+    char *held = calloc(MAX_GROUP_LISTENERS, 1);
+    if (inodes == NULL || all == NULL || held == NULL) {
+        free(inodes);
+        free(all);
+        free(held);
+        return -ENOMEM;
+    }
+    size_t n = 0;
+    int rc4 = scan_tcp_table("/proc/net/tcp", 0, inodes, all, &n, MAX_GROUP_LISTENERS);
+    int rc6 = scan_tcp_table("/proc/net/tcp6", 0, inodes, all, &n, MAX_GROUP_LISTENERS);
+    int count = rc4 < 0 && rc6 < 0 ? rc4 : 0;
+    if (count == 0 && n > 0) {
+        group_scan_t g = {pgid, inodes, (int)n, held};
+        cm_proc_foreach(mark_group_member, &g);
+        int *found = all; /* compacted in place: j <= i */
+        for (size_t i = 0; i < n; i++)
+            if (held[i]) found[count++] = all[i];
+        qsort(found, (size_t)count, sizeof *found, compare_ints);
+        int unique = 0;
+        for (int i = 0; i < count; i++)
+            if (unique == 0 || found[unique - 1] != found[i]) found[unique++] = found[i];
+        count = unique < max ? unique : max;
+        memcpy(ports, found, (size_t)count * sizeof *ports);
+    }
+    free(inodes);
+    free(all);
+    free(held);
+    return count;
 }

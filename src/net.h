@@ -51,4 +51,11 @@ int cm_net_port_listening(int port);
  * is not visible to us (another user's process). */
 int cm_net_port_owner(int port, pid_t *pid, char *name, size_t name_size);
 
+/* The TCP ports (IPv4 and IPv6) on which the processes of group `pgid`
+ * listen, ascending and without duplicates: the LISTEN sockets of
+ * /proc/net/tcp{,6}, then the /proc/PID/fd links of the group's members.
+ * Stores at most `max` in `ports` and returns how many, or a negative errno
+ * when neither table can be read. */
+int cm_net_group_ports(pid_t pgid, int *ports, int max);
+
 #endif

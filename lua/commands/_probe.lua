@@ -1,13 +1,23 @@
 -- _probe PORT PGID DEADLINE_MS [PATH TIMEOUT_MS]: the supervisor's readiness
 -- probe (internal).  Exits 0 as soon as the app answers: a TCP connect to
 -- the port whose listener belongs to the app's process group PGID, then,
--- with PATH, an HTTP 2xx on it.  Exits 1 at the deadline.
+-- with PATH, an HTTP 2xx on it.  Exits 1 at the deadline, and 3 when the
+-- app's group listens on other ports only (it did not take the port it was
+-- given) for WRONG_PORT_GRACE_MS: that start cannot succeed, so it fails
+-- within seconds instead of at start_timeout.
 --
 -- It runs as a child started together with the app, so libcurl (a few
 -- milliseconds to load) is ready before the app answers, and never loads
 -- into the long-lived supervisor.
 
-local PROBE_INTERVAL_MS = 2
+-- Connects back off: every 2 ms at first (a quick app is seen at once),
+-- 25 % longer each time, at most every 100 ms (a slow one does not cost a
+-- connect and a wake-up every 2 ms for seconds).
+local FIRST_INTERVAL_MS, MAX_INTERVAL_MS, GROWTH = 2, 100, 1.25
+-- The group's listeners are looked up at most this often (a /proc walk).
+local WRONG_PORT_CHECK_MS = 200
+local WRONG_PORT_GRACE_MS = 1000
+local EXIT_WRONG_PORT = 3
 
 local function note(fmt, ...)
     io.stderr:write(cm.time.strftime("%Y-%m-%d %H:%M:%S"), " [chat-manager] ",
@@ -47,9 +57,30 @@ return {
         local url = path and ("http://127.0.0.1:%d%s"):format(port, path)
         local noted = {}
         local t_end = cm.time.now() + deadline
+        local interval = FIRST_INTERVAL_MS
+        local next_check, elsewhere_since = cm.time.now() + WRONG_PORT_CHECK_MS, nil
         while cm.time.now() < t_end do
             -- The cheap connect first; the /proc lookup only once it answers.
-            local ok = cm.net.connect("127.0.0.1", port, 1000) and answered_by_app(port, pgid, noted)
+            local connected = cm.net.connect("127.0.0.1", port, 1000)
+            local ok = connected and answered_by_app(port, pgid, noted)
+            local now = cm.time.now()
+            if not connected and now >= next_check then
+                next_check = now + WRONG_PORT_CHECK_MS
+                local ports = cm.net.group_ports(pgid) or {}
+                local on_port = false
+                for _, p in ipairs(ports) do on_port = on_port or p == port end
+                if #ports > 0 and not on_port then
+                    elsewhere_since = elsewhere_since or now
+                    if now - elsewhere_since >= WRONG_PORT_GRACE_MS then
+                        local list = {}
+                        for i, p in ipairs(ports) do list[i] = tostring(p) end
+                        note("the app listens on %s, not on %d", table.concat(list, ", "), port)
+                        return EXIT_WRONG_PORT
+                    end
+                else
+                    elsewhere_since = nil
+                end
+            end
             if ok and url then
                 local res = cm.http.get(url, { timeout = timeout,
                     connect_timeout = math.min(timeout, 1000), max_bytes = 65536 })
@@ -58,7 +89,8 @@ return {
             -- Exit at once: the supervisor is waiting for this exit to
             -- report ready, and a tidy teardown would only delay it.
             if ok then cm.sys.exit(0) end
-            cm.time.sleep(PROBE_INTERVAL_MS)
+            cm.time.sleep(math.floor(interval))
+            interval = math.min(MAX_INTERVAL_MS, interval * GROWTH)
         end
         return 1
     end,
