@@ -123,6 +123,23 @@ function M.sorted_keys(t)
     return keys
 end
 
+-- The instance directory: --root, else $CHAT_MANAGER_ROOT, else the
+-- directory holding this executable when it holds the app (the drop-in:
+-- ./chat-manager inside the checkout, called by path from anywhere, as the
+-- old script used its own directory), else the current directory.
+function M.choose_root(option)
+    if option then return option end
+    local env_root = cm.sys.getenv("CHAT_MANAGER_ROOT")
+    if env_root and env_root ~= "" then return env_root end
+    local exe = cm.sys.exe()
+    local exe_dir = exe and exe:match("^(.*)/[^/]*$")
+    if exe_dir and exe_dir ~= "" and (cm.fs.exists(exe_dir .. "/app.py") or
+        cm.fs.exists(exe_dir .. "/config.json")) then
+        return exe_dir
+    end
+    return assert(cm.sys.cwd())
+end
+
 function M.main(argv)
     local opts, rest = parse_globals(argv)
     if not opts then
@@ -130,8 +147,7 @@ function M.main(argv)
         return M.EXIT_USAGE
     end
     ui.setup(opts)
-    local root = opts.root or cm.sys.getenv("CHAT_MANAGER_ROOT")
-    if root == nil or root == "" then root = assert(cm.sys.cwd()) end
+    local root = M.choose_root(opts.root)
     local real = cm.fs.realpath(root)
     local st = real and cm.fs.stat(real)
     if not st then

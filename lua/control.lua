@@ -21,8 +21,12 @@ function M.load(ctx)
     return settings, instance_mod.new(ctx.root)
 end
 
--- Serialises state-changing commands for this root.
-function M.with_lock(inst, fn)
+-- Serialises state-changing commands for this root.  With `read_only`
+-- (stop, force-stop) a root that has no run/ yet is left as it is: no
+-- supervisor ever ran there, so there is nothing to serialise against, and
+-- a directory that holds no app must not gain run/ and logs/.
+function M.with_lock(inst, fn, read_only)
+    if read_only and not cm.fs.exists(inst.run_dir) then return fn(nil) end
     local ok, err = inst:ensure_dirs()
     if not ok then
         ui.error("%s", err)
@@ -131,6 +135,14 @@ local function check_backends_at_start(settings, inst)
     return settings
 end
 
+-- A start in a directory without an app fails before creating anything.
+local function check_root(settings, inst)
+    if inst:holds_app(settings.path) then return true end
+    ui.error("no Chat-O-Llama app in %s (neither app.py nor %s): run chat-manager from " ..
+        "the checkout, put it there, or give --root DIR", inst.root, settings.path)
+    return false
+end
+
 -- start [port]: exit 0 when the app answers, 1 when it could not start.
 function M.start(ctx, port_arg)
     local settings, inst = M.load(ctx)
@@ -140,7 +152,35 @@ function M.start(ctx, port_arg)
         ui.error("%s", perr)
         return EXIT_USAGE
     end
+    if not check_root(settings, inst) then return EXIT_FAIL end
     return M.with_lock(inst, function(lock) return M.start_locked(ctx, settings, inst, port, lock) end)
+end
+
+-- What `start` shows while it waits: on a terminal one line, rewritten,
+-- with the time waited of start_timeout and what it waits for; otherwise
+-- (a log, a pipe) a line every 5 s.
+local function start_progress(settings, port, timeout, t0)
+    local path = settings:get("manager.health_path")
+    local what = path and ("http://127.0.0.1:%d%s to answer 2xx"):format(port, path)
+        or ("the app to answer on port %d"):format(port)
+    local tty = cm.sys.isatty(1)
+    local shown = false
+    local p = { every_ms = tty and 200 or 5000 }
+    function p.show()
+        local waited = (cm.time.now() - t0) / 1000
+        if tty then
+            io.stdout:write(("\r\27[K[INFO] Waiting for %s: %.1f s of %g s"):format(what, waited,
+                timeout)):flush()
+            shown = true
+        else
+            ui.info("Still waiting for %s (%d s of %g s)", what, math.floor(waited + 0.5), timeout)
+            io.stdout:flush()
+        end
+    end
+    function p.done()
+        if shown then io.stdout:write("\r\27[K"):flush() end
+    end
+    return p
 end
 
 -- With `lock` (run/cmd.lock) held; released as soon as the supervisor holds
@@ -202,7 +242,9 @@ function M.start_locked(ctx, settings, inst, port, lock)
     end
     -- The supervisor writes "locked" once it holds run/lock, then "ready
     -- ..." or "failed ...".
-    local limit = (settings:get("manager.start_timeout") + 10) * 1000
+    local timeout = settings:get("manager.start_timeout")
+    local deadline = t0 + (timeout + 10) * 1000
+    local progress = start_progress(settings, port, timeout, t0)
     local buffer, line = "", ""
     while true do
         local nl = buffer:find("\n")
@@ -211,14 +253,19 @@ function M.start_locked(ctx, settings, inst, port, lock)
             if line ~= "locked" then break end
             if lock then lock:unlock() end
         else
-            local data = cm.proc.read_fd(rfd, limit)
-            if not data then
+            local left = math.max(0, math.floor(deadline - cm.time.now()))
+            local data, _, code = cm.proc.read_fd(rfd, math.min(left, progress.every_ms))
+            if data then
+                buffer = buffer .. data
+            elseif code ~= "timeout" or left == 0 then
                 line = buffer
                 break
+            else
+                progress.show()
             end
-            buffer = buffer .. data
         end
     end
+    progress.done()
     cm.fs.close(rfd)
     local total = math.floor(cm.time.now() - t0 + 0.5)
     local state = inst:read_state() or {}
@@ -232,7 +279,11 @@ function M.start_locked(ctx, settings, inst, port, lock)
         return EXIT_OK
     end
     local reason = line:match("^failed (.-)%s*$") or "the supervisor exited unexpectedly"
-    ui.error("Chat-O-Llama failed to start: %s", reason)
+    if reason:match("^the app listens on ") then
+        ui.error("%s", reason)
+    else
+        ui.error("Chat-O-Llama failed to start: %s", reason)
+    end
     show_log_tail(state.log or inst:newest_log(), 10)
     if line == "" then show_log_tail(inst.run_dir .. "/supervisor.log", 5) end
     return EXIT_FAIL
@@ -247,18 +298,29 @@ local function with_dots(fn)
     return table.unpack(results, 1, results.n)
 end
 
+-- Signals a verified app (instance.app()): its group when it leads one,
+-- else only the process itself.
+local function signal_app(app, sig)
+    if app.pgid then return cm.proc.kill_group(app.pgid, sig) end
+    return cm.proc.kill(app.pid, sig)
+end
+
+local function wait_app(app, ms)
+    if app.pgid then return cm.proc.wait_group(app.pgid, ms) end
+    return cm.proc.wait_exit(app.pid, ms)
+end
+
 -- Stops an app whose supervisor is gone, from the pid file and /proc.
 local function stop_unsupervised(settings, inst, app)
-    local pgid = app.pgid or app.pid
     ui.info("Stopping Chat-O-Llama (PID %d, no supervisor)...", app.pid)
-    cm.proc.kill_group(pgid, "TERM")
-    cm.proc.kill_group(pgid, "CONT")
+    signal_app(app, "TERM")
+    signal_app(app, "CONT")
     local grace = settings:get("manager.stop_timeout") * 1000
-    local gone = with_dots(function() return cm.proc.wait_group(pgid, grace) end)
+    local gone = with_dots(function() return wait_app(app, grace) end)
     if not gone then
         ui.warn("still running after %g s: sending SIGKILL", grace / 1000)
-        cm.proc.kill_group(pgid, "KILL")
-        gone = cm.proc.wait_group(pgid, 5000)
+        signal_app(app, "KILL")
+        gone = wait_app(app, 5000)
     end
     return gone
 end
@@ -328,7 +390,7 @@ function M.stop(ctx)
         settings = setmetatable({ root = ctx.root, path = "", missing = true }, settings_mod)
         inst = instance_mod.new(ctx.root)
     end
-    return M.with_lock(inst, function() return M.stop_locked(ctx, settings, inst) end)
+    return M.with_lock(inst, function() return M.stop_locked(ctx, settings, inst) end, true)
 end
 
 function M.restart(ctx, port_arg)
@@ -342,9 +404,12 @@ function M.restart(ctx, port_arg)
             return EXIT_USAGE
         end
     else
+        -- The port of the last start, unless that start never got the app
+        -- answering on it (a failed `start PORT` must not stick).
         local st = inst:read_state()
-        port = st and st.port or settings:port()
+        port = st and math.tointeger(st.port) and st.ready_ms and st.port or settings:port()
     end
+    if not check_root(settings, inst) then return EXIT_FAIL end
     return M.with_lock(inst, function()
         local code = M.stop_locked(ctx, settings, inst)
         if code ~= EXIT_OK then return code end
@@ -363,7 +428,6 @@ end
 function M.force_stop(ctx)
     local settings = settings_mod.load(ctx.root)
     local inst = instance_mod.new(ctx.root)
-    inst:ensure_dirs()
     local killed = 0
     local sup = M.supervisor_pid(inst)
     if sup then
@@ -372,7 +436,7 @@ function M.force_stop(ctx)
     end
     local app = inst:app()
     if app and app.alive then
-        cm.proc.kill_group(app.pgid or app.pid, "KILL")
+        signal_app(app, "KILL")
         killed = killed + 1
     end
     for _, p in ipairs(inst:marked_processes()) do
@@ -381,7 +445,7 @@ function M.force_stop(ctx)
         killed = killed + 1
     end
     if sup then cm.proc.wait_exit(sup, 5000) end
-    if app and app.alive then cm.proc.wait_group(app.pgid or app.pid, 5000) end
+    if app and app.alive then wait_app(app, 5000) end
     local ports = {}
     for _, p in ipairs(instance_mod.COMMON_PORTS) do ports[#ports + 1] = p end
     if settings then ports[#ports + 1] = settings:get("server.port") end

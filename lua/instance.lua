@@ -10,11 +10,15 @@ M.__index = M
 M.MARKER = "CHAT_MANAGER_INSTANCE"
 M.COMMON_PORTS = { 3113, 5000, 8000, 9000 }
 
--- FNV-1a over the root's real path: a stable id for the marker.
+-- The id in the marker: FNV-1a over "DEV:INODE:PATH" of the root, so that
+-- a copy of a checkout (`cp -a`, another path, another inode) has another
+-- id even though its files, process.pid included, are the same.
 local function instance_id(path)
+    local st = cm.fs.stat(path)
+    local key = ("%d:%d:%s"):format(st and st.dev or 0, st and st.ino or 0, path)
     local h = -3750763034362895579 -- 14695981039346656037 as a signed integer
-    for i = 1, #path do
-        h = (h ~ path:byte(i)) * 1099511628211
+    for i = 1, #key do
+        h = (h ~ key:byte(i)) * 1099511628211
     end
     return ("%016x"):format(h)
 end
@@ -77,14 +81,27 @@ function M:read_pid_file()
     return pid, math.tointeger(tonumber(text:match("start_time=(%d+)")))
 end
 
--- Is the process `pid` provably ours?  With a recorded start time it must
--- match (a reused PID has another); without one, only the marker counts.
+-- Is the process `pid` provably ours?  It must carry THIS root's marker (a
+-- copy of the checkout has copied process.pid and state.json, PID and start
+-- time included, but not the id), and, when a start time was recorded, that
+-- too must match (a reused PID has another).  Returns its /proc info.
 function M:owns(pid, start_time)
     if not pid or pid <= 1 then return false end
     local info = cm.proc.info(pid)
     if not info or info.state == "Z" then return false end
-    if start_time then return info.start_time == start_time end
-    return cm.proc.has_marker(pid, M.MARKER, self.id)
+    if start_time and info.start_time ~= start_time then return false end
+    if not cm.proc.has_marker(pid, M.MARKER, self.id) then return false end
+    return info
+end
+
+-- Does the root hold an app (so that a command may create run/ and logs/
+-- in it)?  Its config file or the old script's app.py must be there.
+function M.root_holds_app(root, config_path)
+    return cm.fs.exists(config_path or (root .. "/config.json")) or cm.fs.exists(root .. "/app.py")
+end
+
+function M:holds_app(config_path)
+    return M.root_holds_app(self.root, config_path)
 end
 
 -- Every live process carrying this instance's marker.
@@ -109,9 +126,13 @@ function M:app()
         pid, start_time = state.pid, state.pid_start or start_time
     end
     if not pid then return nil, state end
-    local alive = self:owns(pid, start_time)
-    local pgid = state and state.pgid or pid
-    return { pid = pid, pgid = pgid, start_time = start_time, alive = alive }, state
+    local info = self:owns(pid, start_time)
+    -- The group to signal is the verified process's own, and only when it
+    -- leads it: a pgid written in state.json (which anyone could forge)
+    -- never is.
+    local pgid = info and info.pgid == pid and pid or nil
+    return { pid = pid, pgid = pgid, start_time = start_time, alive = info and true or false },
+        state
 end
 
 -- The newest session log, or nil.

@@ -140,6 +140,7 @@ static int push_stat(lua_State *L, const char *path, int follow)
     cm_set_num(L, "mtime", (lua_Number)st.st_mtim.tv_sec + (lua_Number)st.st_mtim.tv_nsec / 1e9);
     cm_set_int(L, "mode", (lua_Integer)(st.st_mode & 07777));
     cm_set_int(L, "ino", (lua_Integer)st.st_ino);
+    cm_set_int(L, "dev", (lua_Integer)st.st_dev);
     return 1;
 }
 

@@ -118,6 +118,8 @@ end
 local function cache_store(settings, python, sites, answer)
     local entries = {}
     for i, p in ipairs(sites) do entries[i] = { path = p, mtime = mtime_of(p) } end
+    -- A directory that holds no app gets no run/ from a check.
+    if not require("instance").root_holds_app(settings.root, settings.path) then return end
     local ok = cm.fs.mkdir(settings.root .. "/run", tonumber("700", 8))
     if not ok then return end
     cm.fs.write_atomic(cache_path(settings),

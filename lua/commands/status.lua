@@ -86,6 +86,7 @@ local function print_report(r, settings)
     else
         ui.info("Chat-O-Llama is %s", r.state)
     end
+    ui.say("  Root:       %s", r.root)
     if r.pid then ui.say("  PID:        %d", r.pid) end
     if r.state ~= "stopped" then
         ui.say("  Port:       %d", r.port)

@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdint.h>
@@ -17,6 +18,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -66,8 +68,12 @@ static char *join(const char *dir, const char *name)
 
 void cmi_instance_id(const char *root, char out[17])
 {
+    struct stat st;
+    if (stat(root, &st) != 0) memset(&st, 0, sizeof st);
+    char key[PATH_MAX + 64];
+    snprintf(key, sizeof key, "%lld:%lld:%s", (long long)st.st_dev, (long long)st.st_ino, root);
     uint64_t h = 14695981039346656037ULL;
-    for (const unsigned char *p = (const unsigned char *)root; *p; p++) {
+    for (const unsigned char *p = (const unsigned char *)key; *p; p++) {
         h ^= *p;
         h *= 1099511628211ULL;
     }

@@ -14,8 +14,8 @@
 
 struct cJSON;
 
-/* The instance id of a root (lua/instance.lua: FNV-1a over the path, 16 hex
- * digits); out must hold 17 bytes. */
+/* The instance id of a root (lua/instance.lua: FNV-1a over "DEV:INODE:PATH"
+ * of the root, 16 hex digits); out must hold 17 bytes. */
 void cmi_instance_id(const char *root, char out[17]);
 
 /* run/state.json parsed, or NULL when missing or not JSON (cJSON_Delete it). */
