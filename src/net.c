@@ -228,8 +228,8 @@ int cm_net_port_free(const char *host, int port)
 /* Adds the inodes of the LISTEN sockets on `port` (any port when 0) found
  * in one /proc/net table, and their ports when `ports` is not NULL; at most
  * `max` in all.  Returns 0, or -errno when the table cannot be read. */
-static int scan_tcp_table(const char *path, int port, unsigned long *inodes, int *ports,
-                          size_t *n, size_t max)
+static int scan_tcp_table(const char *path, int port, unsigned long *inodes, int *ports, size_t *n,
+                          size_t max)
 {
     FILE *f = fopen(path, "re");
     if (f == NULL) return -errno;

@@ -157,6 +157,12 @@ static void buf_add(buf_t *b, const char *p, size_t n)
 
 cmt_result_t cmt_run(const char *const argv[], const char *const env[], int timeout_ms)
 {
+    return cmt_run_in(NULL, argv, env, timeout_ms);
+}
+
+cmt_result_t cmt_run_in(const char *cwd, const char *const argv[], const char *const env[],
+                        int timeout_ms)
+{
     cmt_result_t r = {0};
     int out[2], err[2];
     assert_int_equal(pipe2(out, O_CLOEXEC), 0);
@@ -171,6 +177,10 @@ cmt_result_t cmt_run(const char *const argv[], const char *const env[], int time
         dup2(err[1], 2);
         int devnull = open("/dev/null", O_RDONLY);
         dup2(devnull, 0);
+        if (cwd != NULL && chdir(cwd) != 0) {
+            fprintf(stderr, "chdir %s: %s\n", cwd, strerror(errno));
+            _exit(126);
+        }
         execve(argv[0], (char *const *)argv, envp);
         fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
         _exit(127);

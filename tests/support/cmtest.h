@@ -36,6 +36,9 @@ typedef struct cmt_result {
  * terminated, may be NULL), waits at most timeout_ms (then SIGKILLs the
  * child's group).  The child runs in its own process group. */
 cmt_result_t cmt_run(const char *const argv[], const char *const env[], int timeout_ms);
+/* The same from the directory cwd (NULL: the current one). */
+cmt_result_t cmt_run_in(const char *cwd, const char *const argv[], const char *const env[],
+                        int timeout_ms);
 void cmt_result_free(cmt_result_t *r);
 
 /* Runs the binary under test: cmt_cm(root, env, timeout, "status", "--json", NULL). */
