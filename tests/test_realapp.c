@@ -69,7 +69,8 @@ static void print_failure(const char *what, const cmt_result_t *r)
 
 /* The drop-in: `cd / && <copy>/chat-manager start PORT` on another port than
  * server.port serves the app there, config.json stays byte-identical, and
- * status, a plain restart and stop work the same way by path. */
+ * status, a plain restart (same port), restart PORT and stop work the same
+ * way by path. */
 static void test_dropin_start_on_another_port(void **state)
 {
     (void)state;
@@ -124,10 +125,22 @@ static void test_dropin_start_on_another_port(void **state)
     cJSON_Delete(st);
     assert_config_unchanged(root, before, before_len);
 
+    /* restart PORT moves it. */
+    int moved = cmt_free_port();
+    char moved_text[16];
+    snprintf(moved_text, sizeof moved_text, "%d", moved);
+    r = cmr_cm(root, "/", CMD_MS, "restart", moved_text, NULL);
+    if (r.code != 0) print_failure("restart PORT", &r);
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+    assert_int_equal(cmi_http_status(moved, "/api/backend/status", HTTP_MS), 200);
+    assert_int_equal(cmi_http_status(port, "/", 500), -1);
+    assert_config_unchanged(root, before, before_len);
+
     r = cmr_cm(root, "/", CMD_MS, "stop", NULL);
     assert_int_equal(r.code, 0);
     cmt_result_free(&r);
-    assert_int_equal(cmi_http_status(port, "/", 500), -1);
+    assert_int_equal(cmi_http_status(moved, "/", 500), -1);
     assert_true(wait_unmarked(root, 10000));
     assert_config_unchanged(root, before, before_len);
     free(before);
