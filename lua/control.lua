@@ -169,8 +169,8 @@ local function start_progress(settings, port, timeout, t0)
     function p.show()
         local waited = (cm.time.now() - t0) / 1000
         if tty then
-            io.stdout:write(("\r\27[K[INFO] Waiting for %s: %.1f s of %g s"):format(what, waited,
-                timeout)):flush()
+            io.stdout:write(("\r\27[K%s Waiting for %s: %.1f s of %g s"):format(
+                ui.paint("blue", "[INFO]"), what, waited, timeout)):flush()
             shown = true
         else
             ui.info("Still waiting for %s (%d s of %g s)", what, math.floor(waited + 0.5), timeout)
