@@ -11,9 +11,11 @@
 -- into the long-lived supervisor.
 
 -- Connects back off: every 2 ms at first (a quick app is seen at once),
--- 25 % longer each time, at most every 100 ms (a slow one does not cost a
--- connect and a wake-up every 2 ms for seconds).
-local FIRST_INTERVAL_MS, MAX_INTERVAL_MS, GROWTH = 2, 100, 1.25
+-- then a tenth of the time waited so far, at most every 100 ms: an app is
+-- seen at most ~10 % later than it answers, and a slow one does not cost a
+-- connect and a wake-up every 2 ms for seconds (a 5 s start: ~60 connects,
+-- not 2,500).
+local FIRST_INTERVAL_MS, MAX_INTERVAL_MS, INTERVAL_SHARE = 2, 100, 0.1
 -- The group's listeners are looked up at most this often (a /proc walk).
 local WRONG_PORT_CHECK_MS = 200
 local WRONG_PORT_GRACE_MS = 1000
@@ -57,7 +59,7 @@ return {
         local url = path and ("http://127.0.0.1:%d%s"):format(port, path)
         local noted = {}
         local t_end = cm.time.now() + deadline
-        local interval = FIRST_INTERVAL_MS
+        local t_start = cm.time.now()
         local next_check, elsewhere_since = cm.time.now() + WRONG_PORT_CHECK_MS, nil
         while cm.time.now() < t_end do
             -- The cheap connect first; the /proc lookup only once it answers.
@@ -89,8 +91,9 @@ return {
             -- Exit at once: the supervisor is waiting for this exit to
             -- report ready, and a tidy teardown would only delay it.
             if ok then cm.sys.exit(0) end
-            cm.time.sleep(math.floor(interval))
-            interval = math.min(MAX_INTERVAL_MS, interval * GROWTH)
+            local waited = cm.time.now() - t_start
+            cm.time.sleep(math.floor(math.min(MAX_INTERVAL_MS,
+                math.max(FIRST_INTERVAL_MS, waited * INTERVAL_SHARE))))
         end
         return 1
     end,
