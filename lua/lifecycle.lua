@@ -23,7 +23,8 @@ Shape of the table, which the engine validates:
 ctx is the supervisor's context: policy ("no" | "on-failure" | "always"),
 restarts (automatic restarts in a row so far), max_restarts, ever_ready (the
 app reached `running` in this supervisor's life).  The payload of `exited` is
-{ code = int|nil, signal = string|nil }; `start_timeout` carries no exit.
+{ code = int|nil, signal = string|nil }; `start_timeout` carries no exit,
+only, when the probe saw the app listen on another port, { reason = text }.
 
 Every one of the 35 state x event pairs is deliberately a row, an ignore row,
 or absent (refused); spec/lifecycle.lua states the outcome of each.
