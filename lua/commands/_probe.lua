@@ -17,8 +17,8 @@
 -- not 2,500).
 local FIRST_INTERVAL_MS, MAX_INTERVAL_MS, INTERVAL_SHARE = 2, 100, 0.1
 -- The group's listeners are looked up at most this often (a /proc walk).
-local WRONG_PORT_CHECK_MS = 200
-local WRONG_PORT_GRACE_MS = 1000
+local WRONG_PORT_CHECK_MS = 100
+local WRONG_PORT_GRACE_MS = 500
 local EXIT_WRONG_PORT = 3
 
 local function note(fmt, ...)
