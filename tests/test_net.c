@@ -337,6 +337,48 @@ static void test_port_owner_c(void **state)
     assert_int_equal(cm_net_port_free("not-an-address", port), -EINVAL);
 }
 
+/* The ports a group listens on: this process's group holds two listeners
+ * and a socket that is only bound; another group holds none. */
+static void test_group_ports(void **state)
+{
+    (void)state;
+    /* Another group, started before the sockets exist (a child between
+     * fork and exec holds our descriptors). */
+    const char *argv[] = {"/bin/sleep", "30", NULL};
+    pid_t other = cmt_spawn(argv, NULL, NULL);
+    int p1 = 0, p2 = 0, p3 = 0;
+    int fd1 = cmt_bound_loopback(16, &p1), fd2 = cmt_bound_loopback(16, &p2);
+    int fd3 = cmt_bound_loopback(-1, &p3);
+    int lo = p1 < p2 ? p1 : p2, hi = p1 < p2 ? p2 : p1;
+    int ports[8];
+    int n = cm_net_group_ports(getpgrp(), ports, 8);
+    int seen_lo = 0, seen_hi = 0, seen_bound = 0;
+    for (int i = 0; i < n; i++) {
+        seen_lo += ports[i] == lo;
+        seen_hi += ports[i] == hi;
+        seen_bound += ports[i] == p3;
+        if (i > 0) assert_true(ports[i - 1] < ports[i]);
+    }
+    assert_int_equal(seen_lo, 1);
+    assert_int_equal(seen_hi, 1);
+    assert_int_equal(seen_bound, 0);
+    assert_int_equal(lua_fmt("local ports = cm.net.group_ports(%d)\n"
+                             "local seen = {}\n"
+                             "for _, p in ipairs(ports) do seen[p] = true end\n"
+                             "assert(seen[%d] and seen[%d] and not seen[%d])\n"
+                             "assert(not pcall(cm.net.group_ports, 0))\n",
+                             (int)getpgrp(), p1, p2, p3),
+                     0);
+    assert_int_equal(cm_net_group_ports(other, ports, 8), 0);
+    cmt_kill_group(other);
+    close(fd1);
+    close(fd2);
+    close(fd3);
+    n = cm_net_group_ports(getpgrp(), ports, 8);
+    for (int i = 0; i < n; i++)
+        assert_true(ports[i] != p1 && ports[i] != p2);
+}
+
 int main(void)
 {
     /* A strong reference, so the group is linked from the static library
@@ -357,6 +399,7 @@ int main(void)
         cmocka_unit_test(test_port_listening),
         cmocka_unit_test(test_port_owner),
         cmocka_unit_test(test_port_owner_c),
+        cmocka_unit_test(test_group_ports),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
