@@ -334,13 +334,15 @@ static void test_start_progress_lines(void **state)
     cmt_result_t r = cmt_cm(root, quiet_env, CMD_MS, "start", NULL);
     if (r.code != 0) print_error("start: %s\n%s\n", r.out, r.err);
     assert_int_equal(r.code, 0);
+    /* The line's count of seconds depends on how late the timer fires on a
+     * loaded machine; there is at least one line, each complete. */
     char want[256];
     snprintf(want, sizeof want,
-             "[INFO] Still waiting for http://127.0.0.1:%d/health to answer 2xx (5 s of 30 s)\n",
-             port);
+             "[INFO] Still waiting for http://127.0.0.1:%d/health to answer 2xx (", port);
     if (strstr(r.out, want) == NULL) print_error("start said:\n%s\n", r.out);
     assert_non_null(strstr(r.out, want));
-    assert_int_equal(cmi_count(r.out, "Still waiting"), 1);
+    assert_true(cmi_count(r.out, "Still waiting") >= 1);
+    assert_int_equal(cmi_count(r.out, "Still waiting"), cmi_count(r.out, " s of 30 s)\n"));
     cmt_result_free(&r);
     r = cmt_cm(root, quiet_env, CMD_MS, "force-stop", NULL);
     cmt_result_free(&r);
