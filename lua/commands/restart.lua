@@ -3,7 +3,7 @@ return {
     name = "restart",
     usage = "restart [port]",
     max_args = 1,
-    summary = "stop, then start (same port unless given)",
+    summary = "stop, then start (the last working port unless given)",
     group = "app",
     run = function(ctx, args)
         return require("control").restart(ctx, args[1])
