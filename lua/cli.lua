@@ -1,11 +1,10 @@
--- The command line: global options, the command registry and dispatch.
---
--- Every module in lua/commands/ is a command, and so is every .lua file in
--- <root>/commands/ (users' own).  A command is a table
---   { name, usage, summary, group = "app"|"backend"|"other", max_args?, run(ctx, args) }
--- and run returns the exit code.
+-- The command line: global options and dispatch over the command registry
+-- (lua/registry.lua).  `<command> --help` and `-h` show that command's
+-- help; with --json, commands that change state print one outcome object
+-- (ui.lua collects it).
 
 local ui = require("ui")
+local registry = require("registry")
 
 local M = {}
 
@@ -34,93 +33,6 @@ local function parse_globals(argv)
         i = i + 1
     end
     return opts, rest
-end
-
-local function check_command(cmd, where)
-    if type(cmd) ~= "table" or type(rawget(cmd, "name")) ~= "string" or
-        type(rawget(cmd, "run")) ~= "function" then
-        return nil, where .. ": a command module must return { name = ..., run = function }"
-    end
-    for _, field in ipairs({ "usage", "summary", "group" }) do
-        local v = rawget(cmd, field)
-        if v ~= nil and type(v) ~= "string" then
-            return nil, ("%s: '%s' must be a string"):format(where, field)
-        end
-    end
-    return cmd
-end
-
--- Loads a user command file; returns the command, or nil and why.
-local function load_user_command(path)
-    local st, serr = cm.fs.stat(path)
-    -- Only regular files: opening a FIFO would block forever.
-    if not st then return nil, "cannot open: " .. tostring(serr) end
-    if st.type == "dir" then return nil, "cannot read: it is a directory" end
-    if st.type ~= "file" then return nil, ("not a regular file (a %s)"):format(st.type) end
-    local chunk, err = loadfile(path, "t")
-    if not chunk then return nil, err end
-    local ok, cmd, why = pcall(function() return check_command(chunk(), path) end)
-    if not ok then return nil, cmd end
-    if cmd then cmd.source = path end
-    return cmd, why
-end
-
--- Builds the whole registry: name -> command, plus the names in help order.
--- Broken user commands are named (once) and skipped.
-local registries = {}
-function M.registry(root)
-    local cached = registries[root or ""]
-    if cached then return cached[1], cached[2] end
-    local commands, order = {}, {}
-    registries[root or ""] = { commands, order }
-    for _, mod in ipairs(M.sorted_keys(cm.modules("commands."))) do
-        local cmd = assert(check_command(require(mod), mod))
-        commands[cmd.name] = cmd
-        order[#order + 1] = cmd.name
-    end
-    local dir = root and (root .. "/commands")
-    local names = dir and cm.fs.list(dir) or {}
-    for _, file in ipairs(names) do
-        if file:match("%.lua$") then
-            local path = dir .. "/" .. file
-            local cmd, err = load_user_command(path)
-            if not cmd then
-                ui.warn("ignoring %s: %s", path, tostring(err))
-            elseif commands[cmd.name] then
-                ui.warn("ignoring %s: '%s' is a built-in command", path, cmd.name)
-            else
-                cmd.group = cmd.group or "user"
-                commands[cmd.name] = cmd
-                order[#order + 1] = cmd.name
-            end
-        end
-    end
-    return commands, order
-end
-
--- Finds one command without loading the others (a command usually lives in
--- commands/<name>.lua); only when that fails is the whole registry built.
-function M.find(root, name)
-    if cm.modules("commands.")["commands." .. name] then
-        return assert(check_command(require("commands." .. name), name))
-    end
-    local path = root .. "/commands/" .. name .. ".lua"
-    if name:match("^[%w_%-]+$") and cm.fs.exists(path) then
-        local cmd = load_user_command(path)
-        if cmd and cmd.name == name then
-            cmd.group = cmd.group or "user"
-            return cmd
-        end
-    end
-    local commands = M.registry(root)
-    return commands[name]
-end
-
-function M.sorted_keys(t)
-    local keys = {}
-    for k in pairs(t) do keys[#keys + 1] = k end
-    table.sort(keys)
-    return keys
 end
 
 -- The instance directory: --root, else $CHAT_MANAGER_ROOT, else the
@@ -161,13 +73,14 @@ function M.main(argv)
     -- Commands are loaded on first use: running one command parses one
     -- script, not all of them.
     ctx.commands = setmetatable({}, { __index = function(t, key)
-        local cmd = M.find(real, key)
+        local cmd = registry.find(real, key)
         rawset(t, key, cmd or false)
         return cmd
     end })
 
     local name = rest[1] or "help"
     if name == "--help" or name == "-h" then name = "help" end
+    if name == "--version" or name == "-V" then name = "version" end
     local cmd = ctx.commands[name]
     if not cmd then
         ui.error("Unknown command: %s", name)
@@ -175,21 +88,34 @@ function M.main(argv)
         return M.EXIT_USAGE
     end
     local args = table.move(rest, 2, #rest, 1, {})
+    -- `<command> --help` / `-h` anywhere after the command: its help, from
+    -- the same registry as `help <command>`.
+    for _, a in ipairs(args) do
+        if (a == "--help" or a == "-h") and name ~= "help" then
+            return ctx.commands.help.run(ctx, { name })
+        end
+    end
     -- Commands declare how many arguments they take; extra ones are a usage
     -- error before anything runs.
     if math.type(rawget(cmd, "max_args")) == "integer" and #args > cmd.max_args then
         ui.error("usage: chat-manager %s", cmd.usage or name)
         return M.EXIT_USAGE
     end
+    if opts.json and rawget(cmd, "json") == "outcome" then ui.collect() end
     local code = cmd.run(ctx, args)
-    io.stdout:flush()
-    if code == nil or code == true then return M.EXIT_OK end
-    if code == false then return M.EXIT_FAIL end
-    if math.type(code) ~= "integer" or code < 0 or code > 255 then
+    if code == nil or code == true then
+        code = M.EXIT_OK
+    elseif code == false then
+        code = M.EXIT_FAIL
+    elseif math.type(code) ~= "integer" or code < 0 or code > 255 then
         ui.error("command '%s'%s returned %s, not an exit code (0-255)", name,
             cmd.source and (" (" .. cmd.source .. ")") or "", tostring(code))
-        return M.EXIT_FAIL
+        code = M.EXIT_FAIL
     end
+    -- --json: a command that printed no JSON of its own (start, stop, ...)
+    -- prints its collected outcome as one object.
+    if ui.collecting then ui.print_outcome(name, code) end
+    io.stdout:flush()
     return code
 end
 

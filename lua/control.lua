@@ -163,7 +163,8 @@ local function start_progress(settings, port, timeout, t0)
     local path = settings:get("manager.health_path")
     local what = path and ("http://127.0.0.1:%d%s to answer 2xx"):format(port, path)
         or ("the app to answer on port %d"):format(port)
-    local tty = cm.sys.isatty(1)
+    -- A line redrawn in place is for a person at a terminal, never --json.
+    local tty = cm.sys.isatty(1) and not ui.collecting
     local shown = false
     local p = { every_ms = tty and 200 or 5000 }
     function p.show()
@@ -273,6 +274,11 @@ function M.start_locked(ctx, settings, inst, port, lock)
         local pid = line:match("pid=(%d+)")
         local ms = line:match("ms=(%d+)")
         ui.info("Chat-O-Llama started successfully (PID %s) in %s ms", pid, ms or total)
+        ui.result("pid", math.tointeger(tonumber(pid)))
+        ui.result("port", port)
+        ui.result("url", ("http://localhost:%d"):format(port))
+        ui.result("ready_ms", math.tointeger(tonumber(ms or total)))
+        ui.result("log", line:match("log=(%S+)") or state.log)
         ui.say("  Port:     %d", port)
         ui.say("  URL:      http://localhost:%d", port)
         ui.say("  Log file: %s", line:match("log=(%S+)") or state.log or "?")
@@ -284,6 +290,8 @@ function M.start_locked(ctx, settings, inst, port, lock)
     else
         ui.error("Chat-O-Llama failed to start: %s", reason)
     end
+    ui.result("reason", reason)
+    ui.result("log", state.log or inst:newest_log())
     show_log_tail(state.log or inst:newest_log(), 10)
     if line == "" then show_log_tail(inst.run_dir .. "/supervisor.log", 5) end
     return EXIT_FAIL
@@ -292,7 +300,7 @@ end
 -- Waits for `done` (a task) while printing a dot a second, like the old
 -- script's progress indicator.
 local function with_dots(fn)
-    local timer = cm.time.timer(1000, 1000, function() io.stdout:write("."):flush() end)
+    local timer = cm.time.timer(1000, 1000, function() ui.progress(".") end)
     local results = table.pack(fn())
     timer:stop()
     return table.unpack(results, 1, results.n)
@@ -374,8 +382,9 @@ function M.stop_locked(ctx, settings, inst)
         inst:write_state(st)
     end
     if stop_orphans(inst) > 0 then stopped_something = true end
+    ui.result("stopped", stopped_something)
     if stopped_something then
-        io.stdout:write("\n")
+        ui.progress("\n")
         ui.info("Chat-O-Llama stopped")
     else
         ui.info("Chat-O-Llama is not running")
@@ -466,6 +475,7 @@ function M.force_stop(ctx)
         st.state, st.pid, st.since = "stopped", nil, cm.time.wall()
         inst:write_state(st)
     end
+    ui.result("killed", killed)
     if killed > 0 then
         ui.info("Force stop complete (%d killed)", killed)
     else

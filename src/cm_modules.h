@@ -20,6 +20,7 @@ int cm__open_json(lua_State *L);    /* cm.json: decode, encode (lua_json.c) */
 int cm__open_config(lua_State *L);  /* cm.config: load, get, set, save (lua_config.c) */
 int cm__open_gguf(lua_State *L);    /* cm.gguf: read (lua_gguf.c) */
 int cm__open_machine(lua_State *L); /* cm.machine: new (lua_machine.c) */
+int cm__open_build(lua_State *L);   /* cm.build: version, build type, libraries (lua_build.c) */
 
 /* Pushes the whole `cm` table. */
 int cm__open_all(lua_State *L);

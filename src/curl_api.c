@@ -44,7 +44,8 @@ static int load(void)
              resolve(lib, &api.multi_socket_action, "curl_multi_socket_action") &&
              resolve(lib, &api.multi_info_read, "curl_multi_info_read") &&
              resolve(lib, &api.multi_assign, "curl_multi_assign") &&
-             resolve(lib, &api.multi_cleanup, "curl_multi_cleanup");
+             resolve(lib, &api.multi_cleanup, "curl_multi_cleanup") &&
+             resolve(lib, &api.version, "curl_version");
     /* The library stays loaded for the life of the process (curl keeps
      * global state), so a failure leaves it mapped too: harmless. */
     if (!ok) return 0;

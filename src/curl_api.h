@@ -29,6 +29,7 @@ typedef struct cm_curl_api {
     CURLMsg *(*multi_info_read)(CURLM *multi, int *msgs_in_queue);
     CURLMcode (*multi_assign)(CURLM *multi, curl_socket_t s, void *sockp);
     CURLMcode (*multi_cleanup)(CURLM *multi);
+    char *(*version)(void); /* curl_version: "libcurl/7.88.1 OpenSSL/3.0 ..." */
 } cm_curl_api_t;
 
 /* Loads libcurl and runs curl_global_init once per process.  Returns the

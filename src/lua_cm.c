@@ -18,6 +18,7 @@ int cm__open_all(lua_State *L)
         {"sys", cm__open_sys},       {"log", cm__open_log},   {"proc", cm__open_proc},
         {"net", cm__open_net},       {"http", cm__open_http}, {"json", cm__open_json},
         {"config", cm__open_config}, {"gguf", cm__open_gguf}, {"machine", cm__open_machine},
+        {"build", cm__open_build},
     };
     lua_createtable(L, 0, 16); /* [cm] */
     for (size_t i = 0; i < sizeof groups / sizeof groups[0]; i++) {

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -107,11 +108,17 @@ static int l_exit(lua_State *L)
     _exit(code);
 }
 
-/* ---- signals ----------------------------------------------------------- */
+/* ---- signals and hang-ups ---------------------------------------------- */
 
+/* A callback on a signal (uv_signal_t) or on the reader of a pipe going
+ * away (uv_poll_t): one record, one close path. */
 typedef struct signal_obj {
     cm_owner_t owner;
-    uv_signal_t handle;
+    union {
+        uv_handle_t base;
+        uv_signal_t signal;
+        uv_poll_t poll;
+    } handle;
     lua_State *L;
     int fn_ref;
     struct signal_obj **box;
@@ -134,8 +141,7 @@ static void signal_close(signal_obj_t *s, int lua_usable)
     s->box = NULL;
     if (lua_usable && s->fn_ref != LUA_NOREF) luaL_unref(s->L, LUA_REGISTRYINDEX, s->fn_ref);
     s->fn_ref = LUA_NOREF;
-    if (!uv_is_closing((uv_handle_t *)&s->handle))
-        uv_close((uv_handle_t *)&s->handle, signal_free_cb);
+    if (!uv_is_closing(&s->handle.base)) uv_close(&s->handle.base, signal_free_cb);
 }
 
 static void signal_teardown(cm_owner_t *owner)
@@ -156,6 +162,27 @@ static void signal_cb(uv_signal_t *h, int signum)
     }
 }
 
+/* Pushes the Lua object for a new record calling the function at stack
+ * index fn; the caller initialises and starts s->handle. */
+static signal_obj_t *new_signal_obj(lua_State *L, int fn)
+{
+    signal_obj_t **box = lua_newuserdatauv(L, sizeof *box, 0);
+    *box = NULL;
+    luaL_setmetatable(L, SIGNAL_MT);
+    signal_obj_t *s = malloc(sizeof *s);
+    if (s == NULL) {
+        luaL_error(L, "out of memory");
+        return NULL;
+    }
+    s->owner.teardown = signal_teardown;
+    s->L = cm_runtime_lua(cm_runtime_of(L));
+    lua_pushvalue(L, fn);
+    s->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    s->box = box;
+    *box = s;
+    return s;
+}
+
 static int l_on_signal(lua_State *L)
 {
     const char *name = luaL_checkstring(L, 1);
@@ -164,20 +191,52 @@ static int l_on_signal(lua_State *L)
     for (int i = 0; signal_names[i].name != NULL; i++)
         if (strcmp(signal_names[i].name, name) == 0) signum = signal_names[i].signum;
     if (signum == 0) return luaL_error(L, "unknown signal '%s'", name);
-    signal_obj_t **box = lua_newuserdatauv(L, sizeof *box, 0);
-    *box = NULL;
-    luaL_setmetatable(L, SIGNAL_MT);
-    signal_obj_t *s = malloc(sizeof *s);
-    if (s == NULL) return luaL_error(L, "out of memory");
-    s->owner.teardown = signal_teardown;
-    s->L = cm_runtime_lua(cm_runtime_of(L));
-    lua_pushvalue(L, 2);
-    s->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    s->box = box;
-    *box = s;
-    uv_signal_init(cm_loop(L), &s->handle);
-    s->handle.data = s;
-    uv_signal_start(&s->handle, signal_cb, signum);
+    signal_obj_t *s = new_signal_obj(L, 2);
+    uv_signal_init(cm_loop(L), &s->handle.signal);
+    s->handle.signal.data = s;
+    uv_signal_start(&s->handle.signal, signal_cb, signum);
+    return 1;
+}
+
+static void hangup_cb(uv_poll_t *h, int status, int events)
+{
+    (void)events;
+    signal_obj_t *s = h->data;
+    /* The write end of a pipe is never readable: any event is the error
+     * (EPOLLERR) the kernel reports once the last reader has closed. */
+    (void)status;
+    uv_poll_stop(h);
+    if (cm_runtime_closing(cm_runtime_of(s->L)) || s->fn_ref == LUA_NOREF) return;
+    cm_callback(s->L, s->fn_ref, 0);
+}
+
+/* on_hangup(fd, fn) -> watcher: fn() runs once when the last reader of the
+ * pipe fd goes away (`chat-manager logs | head` after head exits), so a
+ * writer that has nothing to write learns it at once.  Returns nil and a
+ * reason when fd is not a pipe (a terminal or a file has no reader to
+ * lose). */
+static int l_on_hangup(lua_State *L)
+{
+    int fd = (int)luaL_checkinteger(L, 1);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    struct stat st;
+    if (fstat(fd, &st) != 0) return cm_fail(L, "EBADF", "fd %d: %s", fd, strerror(errno));
+    if (!S_ISFIFO(st.st_mode)) return cm_fail(L, "ENOTPIPE", "fd %d is not a pipe", fd);
+    signal_obj_t *s = new_signal_obj(L, 2);
+    int rc = uv_poll_init(cm_loop(L), &s->handle.poll, fd);
+    if (rc != 0) {
+        /* No handle to close: drop the record by hand. */
+        *s->box = NULL;
+        luaL_unref(L, LUA_REGISTRYINDEX, s->fn_ref);
+        free(s);
+        return cm_fail(L, "EIO", "fd %d: %s", fd, uv_strerror(rc));
+    }
+    s->handle.poll.data = s;
+    rc = uv_poll_start(&s->handle.poll, UV_READABLE, hangup_cb);
+    if (rc != 0) {
+        signal_close(s, 1);
+        return cm_fail(L, "EIO", "fd %d: %s", fd, uv_strerror(rc));
+    }
     return 1;
 }
 
@@ -217,6 +276,7 @@ int cm__open_sys(lua_State *L)
                                    {"exit", l_exit},
                                    {"cloexec", l_cloexec},
                                    {"on_signal", l_on_signal},
+                                   {"on_hangup", l_on_hangup},
                                    {NULL, NULL}};
     luaL_newlib(L, fns);
     return 1;

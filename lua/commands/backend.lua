@@ -104,6 +104,9 @@ local function switch(ctx, args)
         ui.error("Failed to switch backend: %s", tostring(err))
         return EXIT_FAIL
     end
+    ui.result("backend", name)
+    ui.result("previous", s:get("backend.active"))
+    ui.result("switched", false)
     if s:get("backend.active") == name then
         ui.info("Backend '%s' is already active", name)
         return EXIT_OK
@@ -112,6 +115,7 @@ local function switch(ctx, args)
     ui.info("Checking backend '%s'...", name)
     local r = backends.check_all(s, { name })[name]
     ui.say("%s", backends.format_line(name, r))
+    ui.result("healthy", r.healthy == true)
     if r.healthy ~= true then
         ui.warn("Backend '%s' is not healthy - some features may not work", name)
     end
@@ -121,6 +125,7 @@ local function switch(ctx, args)
         return EXIT_FAIL
     end
     ui.info("Switched to backend '%s'", name)
+    ui.result("switched", true)
     local restart_cmd = ctx.commands and ctx.commands.restart
     if restart then
         if restart_cmd then return restart_cmd.run(ctx, {}) end
@@ -137,6 +142,14 @@ return {
     usage = "backend status|list|health [name]|switch <name> [--restart]",
     summary = "show, check and switch the LLM backends",
     group = "backend",
+    json = "outcome",
+    arguments = {
+        { "status | list", "check every backend at once" },
+        { "health [name]", "check one backend (the active one by default); exit 1 if unhealthy" },
+        { "switch <name>", "make <name> the active backend in config.json" },
+    },
+    options = { { "--restart", "backend switch: restart the app afterwards" } },
+    example = "chat-manager backend switch llamacpp --restart",
     subcommands = subcommands,
     run = function(ctx, args)
         local sub = args[1]

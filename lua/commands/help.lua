@@ -1,51 +1,81 @@
--- help: usage generated from the command registry, grouped like the old
--- manager's help.
+-- help [command]: usage generated from the command registry, grouped like
+-- the old manager's help; with a command, that command's usage, arguments,
+-- options and an example (also `<command> --help` and `-h`).
+
+local registry = require("registry")
+local ui = require("ui")
+
+local M = {}
 
 local function pad(s, n)
     return s .. string.rep(" ", math.max(1, n - utf8.len(s)))
 end
 
-local groups = {
+M.groups = {
     { id = "app", title = "Application commands" },
     { id = "backend", title = "Backend commands" },
     { id = "other", title = "Other commands" },
     { id = "user", title = "Your commands (<root>/commands/)" },
 }
 
+M.global_options = {
+    { "--root DIR", "instance directory (else $CHAT_MANAGER_ROOT, else .)" },
+    { "--json", "machine-readable output (status, backend, start, stop, logs --list, ...)" },
+    { "--no-color", "no colours (also NO_COLOR, or when not a terminal)" },
+    { "-h, --help", "help (after a command: that command's help)" },
+    { "-V, --version", "version of chat-manager and of its libraries" },
+}
+
+M.files = {
+    { "config.json", "configuration ($CONFIG_FILE overrides the path)" },
+    { "process.pid", "PID of the running app" },
+    { "logs/chat-o-llama_*.log", "one log per start" },
+    { "models/", "GGUF models for llama.cpp" },
+    { "run/", "supervisor state, pid and lock" },
+}
+
+M.exit_codes = "Exit codes: 0 ok, 1 failed, 2 usage error; status: 0 running, 1 dead with pid file,\n" ..
+                   "3 not running, 4 unknown."
+
 -- The old manager's order for the built-ins; other commands follow by name.
 local preferred = { "start", "stop", "restart", "force-stop", "status", "logs", "run", "backend",
-                    "help" }
+                    "help", "version", "completion" }
 
-local function help_order(order)
+-- Visible commands in help order.
+function M.ordered(root)
+    local commands, order = registry.registry(root)
     local rank = {}
     for i, name in ipairs(preferred) do rank[name] = i end
-    local sorted = table.move(order, 1, #order, 1, {})
+    local sorted = {}
+    for _, name in ipairs(order) do
+        if not commands[name].hidden then sorted[#sorted + 1] = commands[name] end
+    end
     table.sort(sorted, function(a, b)
-        local ra, rb = rank[a] or math.huge, rank[b] or math.huge
+        local ra, rb = rank[a.name] or math.huge, rank[b.name] or math.huge
         if ra ~= rb then return ra < rb end
-        return a < b
+        return a.name < b.name
     end)
     return sorted
 end
 
-local function run(ctx, _, out)
-    out = out or io.stdout
-    local commands, order = require("cli").registry(ctx.root)
+-- The rows a command shows in the overview (one per subcommand).
+function M.rows(cmd)
+    if type(cmd.subcommands) == "table" then return cmd.subcommands end
+    return { { usage = cmd.usage or cmd.name, summary = cmd.summary or "" } }
+end
+
+local function overview(root)
     local lines = {}
     local function add(s) lines[#lines + 1] = s end
     add("Chat-O-Llama process manager")
     add("")
     add("Usage: chat-manager <command> [arguments] [--root DIR] [--json] [--no-color]")
-    for _, g in ipairs(groups) do
+    local cmds = M.ordered(root)
+    for _, g in ipairs(M.groups) do
         local rows = {}
-        for _, name in ipairs(help_order(order)) do
-            local cmd = commands[name]
-            if (cmd.group or "other") == g.id and not cmd.hidden then
-                if cmd.subcommands then
-                    for _, sub in ipairs(cmd.subcommands) do rows[#rows + 1] = sub end
-                else
-                    rows[#rows + 1] = { usage = cmd.usage or cmd.name, summary = cmd.summary or "" }
-                end
+        for _, cmd in ipairs(cmds) do
+            if (cmd.group or "other") == g.id then
+                for _, r in ipairs(M.rows(cmd)) do rows[#rows + 1] = r end
             end
         end
         if #rows > 0 then
@@ -56,27 +86,92 @@ local function run(ctx, _, out)
     end
     add("")
     add("Options:")
-    add("  " .. pad("--root DIR", 36) .. "instance directory (else $CHAT_MANAGER_ROOT, else .)")
-    add("  " .. pad("--json", 36) .. "machine-readable output (status, backend status/health)")
-    add("  " .. pad("--no-color", 36) .. "no colours (also NO_COLOR, or when not a terminal)")
+    for _, o in ipairs(M.global_options) do add("  " .. pad(o[1], 36) .. o[2]) end
     add("")
     add("Files (in the root):")
-    add("  " .. pad("config.json", 36) .. "configuration ($CONFIG_FILE overrides the path)")
-    add("  " .. pad("process.pid", 36) .. "PID of the running app")
-    add("  " .. pad("logs/chat-o-llama_*.log", 36) .. "one log per start")
-    add("  " .. pad("models/", 36) .. "GGUF models for llama.cpp")
-    add("  " .. pad("run/", 36) .. "supervisor state, pid and lock")
+    for _, f in ipairs(M.files) do add("  " .. pad(f[1], 36) .. f[2]) end
     add("")
-    add("Exit codes: 0 ok, 1 failed, 2 usage error; status: 0 running, 1 dead with pid file,")
-    add("3 not running, 4 unknown.")
+    add(M.exit_codes)
+    add("")
+    add("'chat-manager help <command>' shows a command's arguments, options and an example.")
+    return lines
+end
+
+-- Words of text in lines of at most width columns.
+function M.wrap(text, width)
+    local lines, line = {}, ""
+    for word in text:gmatch("%S+") do
+        if line ~= "" and utf8.len(line) + 1 + utf8.len(word) > width then
+            lines[#lines + 1] = line
+            line = word
+        else
+            line = line == "" and word or (line .. " " .. word)
+        end
+    end
+    if line ~= "" then lines[#lines + 1] = line end
+    return lines
+end
+
+-- One command's help.
+function M.command_lines(cmd)
+    local lines = {}
+    local function add(s) lines[#lines + 1] = s end
+    add("Usage: chat-manager " .. (cmd.usage or cmd.name) .. " [--root DIR] [--json] [--no-color]")
+    add("")
+    add(cmd.summary or "")
+    if type(cmd.subcommands) == "table" then
+        add("")
+        add("Sub-commands:")
+        for _, r in ipairs(cmd.subcommands) do add("  " .. pad(r.usage, 36) .. r.summary) end
+    end
+    if cmd.description then
+        add("")
+        for _, l in ipairs(M.wrap(cmd.description, 78)) do add(l) end
+    end
+    local function section(title, list)
+        if type(list) ~= "table" or #list == 0 then return end
+        add("")
+        add(title .. ":")
+        for _, row in ipairs(list) do add("  " .. pad(row[1], 24) .. row[2]) end
+    end
+    section("Arguments", cmd.arguments)
+    section("Options", cmd.options)
+    section("Global options", M.global_options)
+    add("")
+    add("Example:")
+    add("  " .. (cmd.example or ("chat-manager " .. cmd.name)))
+    if cmd.source then
+        add("")
+        add("Defined in " .. cmd.source)
+    end
+    return lines
+end
+
+function M.run(ctx, args, out)
+    out = out or io.stdout
+    local lines
+    if args[1] then
+        local cmd = ctx.commands[args[1]]
+        if not cmd then
+            ui.error("Unknown command: %s (chat-manager help lists them)", args[1])
+            return 2
+        end
+        lines = M.command_lines(cmd)
+    else
+        lines = overview(ctx.root)
+    end
     out:write(table.concat(lines, "\n"), "\n")
     return 0
 end
 
 return {
     name = "help",
-    usage = "help",
-    summary = "show this help (also --help, -h)",
+    usage = "help [command]",
+    max_args = 1,
+    summary = "show this help, or one command's (also <command> --help)",
     group = "other",
-    run = run,
+    arguments = { { "command", "a command to show the usage, arguments, options and an example of" } },
+    example = "chat-manager help start",
+    run = M.run,
+    lib = M,
 }

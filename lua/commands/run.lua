@@ -12,6 +12,9 @@ return {
     max_args = 1,
     summary = "run the supervisor in the foreground (systemd, containers)",
     group = "app",
+    arguments = { { "port", "TCP port for the app; else server.port, else 3113" } },
+    description = "The supervisor stays in the foreground and shows the app's output; SIGTERM or Ctrl+C stops the app and exits.  For systemd units and containers.",
+    example = "chat-manager run 8080",
     run = function(ctx, args)
         local settings, err = settings_mod.load(ctx.root)
         if not settings then
@@ -47,7 +50,7 @@ return {
                 if path or stop_echo:is_set() then break end
                 cm.time.sleep(5)
             end
-            if path then require("commands.logs").follow(inst, path, 0, stop_echo) end
+            if path then require("logfollow").follow(inst, path, 0, stop_echo) end
         end)
         local ok, code = sup:join()
         stop_echo:set()

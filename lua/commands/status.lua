@@ -131,6 +131,8 @@ return {
     max_args = 0,
     summary = "show the app's state, PID, port, uptime, log and backends",
     group = "app",
+    description = "Exit codes follow LSB: 0 running, 1 dead but the pid file exists (or failed), 3 not running, 4 unknown.  Shows CPU, memory, open files and threads of the app's process group.",
+    example = "chat-manager status --json",
     run = function(ctx)
         local ok, report, settings = pcall(collect, ctx)
         if not ok then

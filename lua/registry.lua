@@ -1,0 +1,115 @@
+-- The command registry: the built-in commands (lua/commands/) and the
+-- root's own (<root>/commands/*.lua).  A command is a table
+--   { name, usage, summary, group = "app"|"backend"|"other"|"user", max_args?,
+--     options = { { "-f, --follow", "what it does" }, ... }?, example?,
+--     subcommands?, run(ctx, args) }
+-- and run returns the exit code.  cli, help, completion and the man page all
+-- read this one registry.
+
+local ui = require("ui")
+
+local M = {}
+
+local function check_command(cmd, where)
+    if type(cmd) ~= "table" or type(rawget(cmd, "name")) ~= "string" or
+        type(rawget(cmd, "run")) ~= "function" then
+        return nil, where .. ": a command module must return { name = ..., run = function }"
+    end
+    for _, field in ipairs({ "usage", "summary", "group", "example", "description" }) do
+        local v = rawget(cmd, field)
+        if v ~= nil and type(v) ~= "string" then
+            return nil, ("%s: '%s' must be a string"):format(where, field)
+        end
+    end
+    -- options and arguments: lists of { "spelling", "what it does" }.
+    for _, field in ipairs({ "options", "arguments" }) do
+        local list = rawget(cmd, field)
+        if list ~= nil then
+            if type(list) ~= "table" then
+                return nil, ("%s: '%s' must be a list of { name, text }"):format(where, field)
+            end
+            for i, row in ipairs(list) do
+                if type(row) ~= "table" or type(row[1]) ~= "string" or type(row[2]) ~= "string" then
+                    return nil, ("%s: %s[%d] must be { name, text }"):format(where, field, i)
+                end
+            end
+        end
+    end
+    return cmd
+end
+
+-- Loads a user command file; returns the command, or nil and why.
+local function load_user_command(path)
+    local st, serr = cm.fs.stat(path)
+    -- Only regular files: opening a FIFO would block forever.
+    if not st then return nil, "cannot open: " .. tostring(serr) end
+    if st.type == "dir" then return nil, "cannot read: it is a directory" end
+    if st.type ~= "file" then return nil, ("not a regular file (a %s)"):format(st.type) end
+    local chunk, err = loadfile(path, "t")
+    if not chunk then return nil, err end
+    local ok, cmd, why = pcall(function() return check_command(chunk(), path) end)
+    if not ok then return nil, cmd end
+    if cmd then cmd.source = path end
+    return cmd, why
+end
+
+-- Builds the whole registry: name -> command, plus the names in help order.
+-- Broken user commands are named (once) and skipped.
+local registries = {}
+function M.registry(root)
+    local cached = registries[root or ""]
+    if cached then return cached[1], cached[2] end
+    local commands, order = {}, {}
+    registries[root or ""] = { commands, order }
+    for _, mod in ipairs(M.sorted_keys(cm.modules("commands."))) do
+        local cmd = assert(check_command(require(mod), mod))
+        commands[cmd.name] = cmd
+        order[#order + 1] = cmd.name
+    end
+    local dir = root and (root .. "/commands")
+    local names = dir and cm.fs.list(dir) or {}
+    for _, file in ipairs(names) do
+        if file:match("%.lua$") then
+            local path = dir .. "/" .. file
+            local cmd, err = load_user_command(path)
+            if not cmd then
+                ui.warn("ignoring %s: %s", path, tostring(err))
+            elseif commands[cmd.name] then
+                ui.warn("ignoring %s: '%s' is a built-in command", path, cmd.name)
+            else
+                cmd.group = cmd.group or "user"
+                commands[cmd.name] = cmd
+                order[#order + 1] = cmd.name
+            end
+        end
+    end
+    return commands, order
+end
+
+-- Finds one command without loading the others (a command usually lives in
+-- commands/<name>.lua); only when that fails is the whole registry built.
+function M.find(root, name)
+    if cm.modules("commands.")["commands." .. name] then
+        return assert(check_command(require("commands." .. name), name))
+    end
+    local path = root .. "/commands/" .. name .. ".lua"
+    if name:match("^[%w_%-]+$") and cm.fs.exists(path) then
+        local cmd = load_user_command(path)
+        if cmd and cmd.name == name then
+            cmd.group = cmd.group or "user"
+            return cmd
+        end
+    end
+    local commands = M.registry(root)
+    return commands[name]
+end
+
+function M.sorted_keys(t)
+    local keys = {}
+    for k in pairs(t) do keys[#keys + 1] = k end
+    table.sort(keys)
+    return keys
+end
+
+
+return M
