@@ -52,7 +52,11 @@ local function collect(ctx)
         report.code = LSB_NOT_RUNNING
     end
     report.url = ("http://localhost:%d"):format(report.port)
-    local orphans = {}
+    if report.state == "running" and report.pid then
+        report.usage = require("usage").collect((app and app.pgid) or report.pid, sup,
+            sup and (inst.run_dir .. "/usage.json"))
+    end
+    local orphans = cm.json.array()
     for _, p in ipairs(inst:marked_processes()) do
         -- The app's group, the supervisor and its helpers (probe, checks).
         local own = (report.pid and p.pgid == report.pid) or p.pid == sup or (sup and p.ppid == sup)
@@ -95,6 +99,9 @@ local function print_report(r, settings)
     if r.supervisor_pid then ui.say("  Supervisor: %d", r.supervisor_pid) end
     if r.uptime_s then ui.say("  Uptime:     %s", format_duration(r.uptime_s)) end
     if r.restarts > 0 then ui.say("  Restarts:   %d", r.restarts) end
+    if r.usage then
+        for _, line in ipairs(require("usage").lines(r.usage)) do ui.say("%s", line) end
+    end
     if r.retry_at and r.state == "failed" then
         ui.say("  Next retry: in %ds", math.max(0, math.floor(r.retry_at - cm.time.wall())))
     end
