@@ -146,14 +146,24 @@ function M:newest_log()
     return newest and (self.logs_dir .. "/" .. newest)
 end
 
--- Keeps the newest `keep` session logs (names sort by time).
+-- Keeps the newest `keep` session logs (names sort by time), each with its
+-- rotated parts (NAME.log.1, ...); returns the names of the files removed.
 function M:prune_logs(keep)
     local names = cm.fs.list(self.logs_dir) or {}
-    local logs = {}
+    table.sort(names)
+    local logs, removed = {}, {}
     for _, n in ipairs(names) do
         if n:match("^chat%-o%-llama_%d+_%d+.*%.log$") then logs[#logs + 1] = n end
     end
-    for i = 1, #logs - keep do cm.fs.remove(self.logs_dir .. "/" .. logs[i]) end
+    local gone = {}
+    for i = 1, #logs - keep do gone[logs[i]] = true end
+    for _, n in ipairs(names) do
+        local base = n:match("^(chat%-o%-llama_.*%.log)$") or n:match("^(chat%-o%-llama_.*%.log)%.%d+$")
+        if base and gone[base] and cm.fs.remove(self.logs_dir .. "/" .. n) then
+            removed[#removed + 1] = n
+        end
+    end
+    return removed
 end
 
 -- The last n lines of a file (reads at most its final 64 KiB: a session log

@@ -25,6 +25,8 @@ M.defaults = {
         fallback_after = 2,
         fallback_cooldown = 300,
         log_keep = 20,
+        log_max_bytes = 52428800,
+        log_backups = 5,
     },
 }
 
@@ -83,6 +85,8 @@ local schema = {
                                       "a number of seconds >= 0" },
     ["manager.log_keep"] = { function(v) return math.type(v) == "integer" and v >= 1 end,
                              "a whole number >= 1" },
+    ["manager.log_max_bytes"] = { nonneg_int, "a whole number of bytes >= 0 (0: no cap)" },
+    ["manager.log_backups"] = { nonneg_int, "a whole number >= 0" },
     ["manager.policy"] = { opt_str, "a file path, or null" },
 }
 

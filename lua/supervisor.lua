@@ -455,7 +455,7 @@ function M.run(opts)
         lock:unlock()
         return early_fail(err)
     end
-    inst:prune_logs(settings:get("manager.log_keep"))
+    local pruned = inst:prune_logs(settings:get("manager.log_keep"))
     cm.fs.write_atomic(inst.supervisor_pid_file, ("%d\n"):format(cm.sys.pid()), tonumber("644", 8),
         false)
     cm.proc.set_subreaper()
@@ -487,6 +487,12 @@ function M.run(opts)
     end
     sv.machine = machine
     sv:log("supervisor %d started for %s (log %s)", cm.sys.pid(), inst.root, log_path)
+    if #pruned > 0 then
+        sv:log("removed old logs (log_keep %d): %s", settings:get("manager.log_keep"),
+            table.concat(pruned, ", "))
+    end
+    local rotation = require("logrotate").watch(log_path, settings:get("manager.log_max_bytes"),
+        settings:get("manager.log_backups"), function(msg) sv:log("%s", msg) end)
 
     local handlers = {
         cm.sys.on_signal("TERM", function() sv.restart_requested = false; machine:fire("stop") end),
@@ -502,6 +508,7 @@ function M.run(opts)
 
     local code = sv.done:wait()
     for _, h in ipairs(handlers) do h:close() end
+    if rotation then rotation:close() end
     if sv.health_timer then sv.health_timer:stop() end
     sv:report("failed " .. (sv.ctx.last_exit and sv.ctx.last_exit.text or "supervisor stopped"))
     sv:save_state()

@@ -286,6 +286,8 @@ local wrong = {
     { "manager.fallback_after", "0" },
     { "manager.fallback_cooldown", "-1" },
     { "manager.log_keep", "0" },
+    { "manager.log_max_bytes", "-1" },
+    { "manager.log_backups", "1.5" },
     { "manager.policy", "5" },
 }
 for _, w in ipairs(wrong) do

@@ -123,6 +123,28 @@ static int l_append(lua_State *L)
     return 1;
 }
 
+/* truncate(path, size): cuts a file to size bytes in place (the same
+ * inode, so a writer with O_APPEND goes on at the new end). */
+static int l_truncate(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    lua_Integer size = luaL_checkinteger(L, 2);
+    if (size < 0) return luaL_argerror(L, 2, "negative size");
+    if (truncate(path, (off_t)size) != 0) return fail_errno(L, path, errno);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* rename(from, to): rename(2), replacing `to`. */
+static int l_rename(lua_State *L)
+{
+    const char *from = luaL_checkstring(L, 1);
+    const char *to = luaL_checkstring(L, 2);
+    if (rename(from, to) != 0) return fail_errno(L, from, errno);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 static int push_stat(lua_State *L, const char *path, int follow)
 {
     struct stat st;
@@ -544,6 +566,8 @@ int cm__open_fs(lua_State *L)
                                    {"read_from", l_read_from},
                                    {"write_atomic", l_write_atomic},
                                    {"append", l_append},
+                                   {"truncate", l_truncate},
+                                   {"rename", l_rename},
                                    {"stat", l_stat},
                                    {"lstat", l_lstat},
                                    {"list", l_list},
