@@ -91,7 +91,7 @@ function M.main(argv)
     -- `<command> --help` / `-h` anywhere after the command: its help, from
     -- the same registry as `help <command>`.
     for _, a in ipairs(args) do
-        if (a == "--help" or a == "-h") and name ~= "help" then
+        if a == "--help" or a == "-h" then
             return ctx.commands.help.run(ctx, { name })
         end
     end

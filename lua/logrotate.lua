@@ -34,6 +34,19 @@ function M.rotate(path, backups)
         notes[#notes + 1] = "cut to 0 bytes (log_backups is 0: nothing kept)"
         return notes
     end
+    -- The copy is made under a temporary name first, so the backups are
+    -- shifted only once it is complete.
+    local tmp = path .. ".rotating"
+    local n, err = copy(path, tmp)
+    if not n then
+        cm.fs.remove(tmp)
+        notes[#notes + 1] = ("cannot copy to %s: %s; not cut"):format(tmp, tostring(err))
+        return notes
+    end
+    -- What the app wrote during the copy, then the cut.
+    local extra = cm.fs.read_from(path, n, CHUNK)
+    if extra and #extra > 0 then cm.fs.append(tmp, extra) end
+    cm.fs.truncate(path, 0)
     if cm.fs.exists(name(backups)) then
         cm.fs.remove(name(backups))
         notes[#notes + 1] = "removed " .. name(backups)
@@ -41,15 +54,7 @@ function M.rotate(path, backups)
     for i = backups - 1, 1, -1 do
         if cm.fs.exists(name(i)) then cm.fs.rename(name(i), name(i + 1)) end
     end
-    local n, err = copy(path, name(1))
-    if not n then
-        notes[#notes + 1] = ("cannot copy to %s: %s; not cut"):format(name(1), tostring(err))
-        return notes
-    end
-    -- What the app wrote during the copy, then the cut.
-    local extra = cm.fs.read_from(path, n, CHUNK)
-    if extra and #extra > 0 then cm.fs.append(name(1), extra) end
-    cm.fs.truncate(path, 0)
+    cm.fs.rename(tmp, name(1))
     notes[#notes + 1] = ("kept %d bytes in %s"):format(n + (extra and #extra or 0), name(1))
     return notes
 end
