@@ -598,6 +598,45 @@ static void the_session_log_is_capped(void **state)
     free(root);
 }
 
+/* ---- 8. set-up scripts ------------------------------------------------------ */
+
+static void setup_scripts(void **state)
+{
+    (void)state;
+    char *deps = cmt_source("scripts/deps");
+    char *text = cmt_read_file(deps, NULL);
+    assert_non_null(text);
+    /* Everything the demo and the suites run. */
+    const char *needed[] = {"curl", "python3", "python3-flask", "python3-requests",
+                            "libcmocka-dev"};
+    for (size_t i = 0; i < sizeof needed / sizeof needed[0]; i++) {
+        char word[64];
+        snprintf(word, sizeof word, " %s ", needed[i]);
+        expect_contains(text, word, "scripts/deps");
+    }
+    free(text);
+    /* A user who is not root is told that root (sudo) is needed, and
+     * nothing is installed. */
+    if (getuid() != 0 || !have("setpriv")) {
+        print_message("not root or no setpriv: the non-root run is skipped\n");
+    } else {
+        char cmd[8192];
+        snprintf(cmd, sizeof cmd,
+                 "setpriv --reuid=65534 --regid=65534 --clear-groups bash '%s' "
+                 "chat-manager-no-such-package",
+                 deps);
+        cmt_result_t r = sh(cmd, 60000);
+        assert_int_equal(r.code, 1);
+        expect_contains(r.out,
+                        "[INFO] Installing the missing Debian packages: "
+                        "chat-manager-no-such-package",
+                        "deps as nobody");
+        if (strstr(r.out, "needs root") == NULL) expect_contains(r.err, "needs root", "deps");
+        cmt_result_free(&r);
+    }
+    free(deps);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -610,6 +649,7 @@ int main(void)
         cmocka_unit_test(logs_list_older_and_since),
         cmocka_unit_test(json_outcomes_and_resource_use),
         cmocka_unit_test(the_session_log_is_capped),
+        cmocka_unit_test(setup_scripts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -134,8 +134,10 @@ local function parse(args)
             if not n or n < 0 then return nil, "-n needs a number of lines" end
             opts.lines = n
         elseif a == "--since" or a:match("^%-%-since=") then
-            local v = a:match("^%-%-since=(.*)$") or value(a)
-            opts.since = v and M.parse_since(v, os.time())
+            local v, verr = a:match("^%-%-since=(.*)$")
+            if not v then v, verr = value(a) end
+            if not v then return nil, verr end
+            opts.since = M.parse_since(v, os.time())
             if not opts.since then
                 return nil, "--since needs a time: 10m, 2h, 1d, 30s or YYYY-MM-DD [HH:MM[:SS]]"
             end
