@@ -637,6 +637,26 @@ static void setup_scripts(void **state)
     free(deps);
 }
 
+/* ---- 9. the docs stand alone ------------------------------------------------ */
+
+static void docs_stand_alone(void **state)
+{
+    (void)state;
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && test -f docs/design.md && for f in README.md docs/*.md; do "
+             "  grep -nHE '/work/|DESIGN\\.md|\\.\\./shared|shared/chat-o-llama' \"$f\"; "
+             "  grep -oE '\\]\\([^)#]+' \"$f\" | sed 's/^](//' | grep -vE '^(https?|mailto):' | "
+             "  while read -r l; do [ -e \"$(dirname \"$f\")/$l\" ] || echo \"$f: broken link "
+             "$l\"; done; "
+             "done",
+             cmt_env("CM_SOURCE_DIR"));
+    cmt_result_t r = sh(cmd, RUN_MS);
+    if (r.out[0] != '\0') print_error("outside references or broken links:\n%s\n", r.out);
+    assert_string_equal(r.out, "");
+    cmt_result_free(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -650,6 +670,7 @@ int main(void)
         cmocka_unit_test(json_outcomes_and_resource_use),
         cmocka_unit_test(the_session_log_is_capped),
         cmocka_unit_test(setup_scripts),
+        cmocka_unit_test(docs_stand_alone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
