@@ -503,6 +503,7 @@ static void json_outcomes_and_resource_use(void **state)
     assert_int_equal(sj.code, 0);
     expect_schema(sj.out, "status");
     expect_contains(sj.out, "\"orphans\": []", "status --json");
+
     expect_contains(sj.out, "\"cpu_percent\"", "status --json");
     expect_contains(sj.out, "\"rss_kb\"", "status --json");
     cmt_result_free(&sj);
@@ -530,6 +531,14 @@ static void json_outcomes_and_resource_use(void **state)
     expect_schema(o.out, "stop");
     expect_contains(o.out, "\"stopped\": true", "stop --json");
     cmt_result_free(&o);
+
+    /* llama.cpp has no models here: an empty list, not an object. */
+    cmt_result_t st = cmt_cm(root, NULL, RUN_MS, "backend", "status", "--json", NULL);
+    assert_int_equal(st.code, 0);
+    expect_schema(st.out, "backend-status");
+    expect_contains(st.out, "\"models\": []", "backend status --json");
+    assert_null(strstr(st.out, "\"models\": {}"));
+    cmt_result_free(&st);
 
     cmt_result_t f = cmt_cm(root, NULL, RUN_MS, "force-stop", "--json", NULL);
     assert_int_equal(f.code, 0);

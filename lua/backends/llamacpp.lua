@@ -279,7 +279,7 @@ function M.check(settings)
     local server_task = server_url and cm.task.spawn(check_server, settings, server_url, t)
 
     local dir_st = cm.fs.stat(model_dir)
-    local valid, invalid = {}, {}
+    local valid, invalid = {}, cm.json.array()
     if dir_st and dir_st.type == "dir" then valid, invalid = scan_models(model_dir) end
 
     local probe, cached
@@ -298,7 +298,7 @@ function M.check(settings)
     local info = {
         python = python or python_name, llama_cpp = probe.ok and probe.version or nil,
         probe_cached = cached or false, model_path = model_dir,
-        models = {}, invalid = invalid, server = server,
+        models = cm.json.array(), invalid = invalid, server = server,
     }
     for i, m in ipairs(valid) do
         info.models[i] = { file = m.file, name = m.name, architecture = m.architecture,

@@ -36,7 +36,7 @@ local function parse_tags(body)
         getmetatable(data.models) ~= getmetatable(cm.json.array()) then
         return nil, "shape", "no \"models\" list"
     end
-    local models = {}
+    local models = cm.json.array()
     for i, m in ipairs(data.models) do
         if type(m) ~= "table" or type(m.name) ~= "string" then
             return nil, "shape", ("model #%d has no name"):format(i)
