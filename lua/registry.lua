@@ -111,5 +111,52 @@ function M.sorted_keys(t)
     return keys
 end
 
+-- What help, the completions and the man page say about every command.
+
+M.GLOBAL_OPTIONS = {
+    { "--root DIR", "instance directory (else $CHAT_MANAGER_ROOT, else .)" },
+    { "--json", "machine-readable output (status, backend, start, stop, logs --list, ...)" },
+    { "--no-color", "no colours (also NO_COLOR, or when not a terminal)" },
+    { "-h, --help", "help (after a command: that command's help)" },
+    { "-V, --version", "version of chat-manager and of its libraries" },
+}
+
+M.FILES = {
+    { "config.json", "configuration ($CONFIG_FILE overrides the path)" },
+    { "process.pid", "PID of the running app" },
+    { "logs/chat-o-llama_*.log", "one log per start" },
+    { "models/", "GGUF models for llama.cpp" },
+    { "run/", "supervisor state, pid and lock" },
+}
+
+M.EXIT_CODES = "Exit codes: 0 ok, 1 failed, 2 usage error; status: 0 running, 1 dead with pid file,\n" ..
+    "3 not running, 4 unknown."
+
+-- The old manager's order for the built-ins; other commands follow by name.
+local preferred = { "start", "stop", "restart", "force-stop", "status", "logs", "run", "backend",
+                    "help", "version", "completion" }
+
+-- The visible commands (no internal `_` ones) in help order.
+function M.ordered(root)
+    local commands, order = M.registry(root)
+    local rank = {}
+    for i, name in ipairs(preferred) do rank[name] = i end
+    local sorted = {}
+    for _, name in ipairs(order) do
+        if not commands[name].hidden then sorted[#sorted + 1] = commands[name] end
+    end
+    table.sort(sorted, function(a, b)
+        local ra, rb = rank[a.name] or math.huge, rank[b.name] or math.huge
+        if ra ~= rb then return ra < rb end
+        return a.name < b.name
+    end)
+    return sorted
+end
+
+-- The rows a command shows in the overview (one per subcommand).
+function M.rows(cmd)
+    if type(cmd.subcommands) == "table" then return cmd.subcommands end
+    return { { usage = cmd.usage or cmd.name, summary = cmd.summary or "" } }
+end
 
 return M

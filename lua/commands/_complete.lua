@@ -11,7 +11,7 @@ return {
         local names
         if args[1] == "commands" then
             names = {}
-            for _, cmd in ipairs(require("commands.help").lib.ordered(ctx.root)) do
+            for _, cmd in ipairs(require("registry").ordered(ctx.root)) do
                 names[#names + 1] = cmd.name
             end
         elseif args[1] == "backends" then

@@ -3,7 +3,7 @@
 -- description, files and configuration sections, so it cannot drift from
 -- either.
 
-local help = require("commands.help").lib
+local registry = require("registry")
 
 -- Roff text: backslashes, hyphens and line-leading control characters
 -- escaped; Markdown `code` in bold, [text](link) as its text.
@@ -99,8 +99,8 @@ local function run(ctx, args)
     add(".SH DESCRIPTION")
     markdown(doc[""] or "", out)
     add(".SH COMMANDS")
-    for _, cmd in ipairs(help.ordered(ctx.root)) do
-        for _, row in ipairs(help.rows(cmd)) do
+    for _, cmd in ipairs(registry.ordered(ctx.root)) do
+        for _, row in ipairs(registry.rows(cmd)) do
             add(".TP")
             add("\\fBchat\\-manager " .. roff(row.usage) .. "\\fR")
             add(roff(row.summary))
@@ -124,13 +124,13 @@ local function run(ctx, args)
         end
     end
     add(".SH OPTIONS")
-    for _, o in ipairs(help.global_options) do
+    for _, o in ipairs(registry.GLOBAL_OPTIONS) do
         add(".TP")
         add("\\fB" .. roff(o[1]) .. "\\fR")
         add(roff(o[2]))
     end
     add(".SH EXIT STATUS")
-    add(roff(help.exit_codes:gsub("\n", " ")))
+    add(roff(registry.EXIT_CODES:gsub("\n", " ")))
     add(".SH ENVIRONMENT")
     for _, e in ipairs({
         { "CHAT_MANAGER_ROOT", "the instance directory when --root is not given" },
@@ -144,7 +144,7 @@ local function run(ctx, args)
     end
     add(".SH FILES")
     if doc["Files"] then markdown(doc["Files"], out) end
-    for _, f in ipairs(help.files) do
+    for _, f in ipairs(registry.FILES) do
         if not (doc["Files"] or ""):find(f[1]:gsub("%*.*", ""), 1, true) then
             add(".TP")
             add(roff(f[1]))

@@ -5,7 +5,7 @@
 -- _complete` when Tab is pressed, so they follow the root in use.
 
 local ui = require("ui")
-local help = require("commands.help").lib
+local registry = require("registry")
 
 local M = {}
 
@@ -30,7 +30,7 @@ local SHELLS = "bash zsh fish"
 -- case arms "name) words=...;;" for every command with options.
 local function option_cases(root, fmt)
     local arms = {}
-    for _, cmd in ipairs(help.ordered(root)) do
+    for _, cmd in ipairs(registry.ordered(root)) do
         local words = M.option_words(cmd)
         if #words > 0 then arms[#arms + 1] = fmt:format(cmd.name, quote_words(words)) end
     end
@@ -159,7 +159,7 @@ local function fish(root)
         "complete -c chat-manager -n '__chat_manager_at 1 help' -a '(chat-manager (__chat_manager_root) _complete commands 2>/dev/null)'",
         "complete -c chat-manager -n '__chat_manager_at 1 completion' -a '" .. SHELLS .. "'",
     }
-    for _, cmd in ipairs(help.ordered(root)) do
+    for _, cmd in ipairs(registry.ordered(root)) do
         for _, row in ipairs(type(cmd.options) == "table" and cmd.options or {}) do
             local short = row[1]:match("^%-(%w)[,%s]") or row[1]:match("^%-(%w)$")
             local long = row[1]:match("%-%-([%w][%w%-]*)")
@@ -195,5 +195,4 @@ return {
         io.stdout:write(gen(ctx.root))
         return 0
     end,
-    lib = M,
 }

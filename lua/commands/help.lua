@@ -18,64 +18,18 @@ M.groups = {
     { id = "user", title = "Your commands (<root>/commands/)" },
 }
 
-M.global_options = {
-    { "--root DIR", "instance directory (else $CHAT_MANAGER_ROOT, else .)" },
-    { "--json", "machine-readable output (status, backend, start, stop, logs --list, ...)" },
-    { "--no-color", "no colours (also NO_COLOR, or when not a terminal)" },
-    { "-h, --help", "help (after a command: that command's help)" },
-    { "-V, --version", "version of chat-manager and of its libraries" },
-}
-
-M.files = {
-    { "config.json", "configuration ($CONFIG_FILE overrides the path)" },
-    { "process.pid", "PID of the running app" },
-    { "logs/chat-o-llama_*.log", "one log per start" },
-    { "models/", "GGUF models for llama.cpp" },
-    { "run/", "supervisor state, pid and lock" },
-}
-
-M.exit_codes = "Exit codes: 0 ok, 1 failed, 2 usage error; status: 0 running, 1 dead with pid file,\n" ..
-                   "3 not running, 4 unknown."
-
--- The old manager's order for the built-ins; other commands follow by name.
-local preferred = { "start", "stop", "restart", "force-stop", "status", "logs", "run", "backend",
-                    "help", "version", "completion" }
-
--- Visible commands in help order.
-function M.ordered(root)
-    local commands, order = registry.registry(root)
-    local rank = {}
-    for i, name in ipairs(preferred) do rank[name] = i end
-    local sorted = {}
-    for _, name in ipairs(order) do
-        if not commands[name].hidden then sorted[#sorted + 1] = commands[name] end
-    end
-    table.sort(sorted, function(a, b)
-        local ra, rb = rank[a.name] or math.huge, rank[b.name] or math.huge
-        if ra ~= rb then return ra < rb end
-        return a.name < b.name
-    end)
-    return sorted
-end
-
--- The rows a command shows in the overview (one per subcommand).
-function M.rows(cmd)
-    if type(cmd.subcommands) == "table" then return cmd.subcommands end
-    return { { usage = cmd.usage or cmd.name, summary = cmd.summary or "" } }
-end
-
 local function overview(root)
     local lines = {}
     local function add(s) lines[#lines + 1] = s end
     add("Chat-O-Llama process manager")
     add("")
     add("Usage: chat-manager <command> [arguments] [--root DIR] [--json] [--no-color]")
-    local cmds = M.ordered(root)
+    local cmds = registry.ordered(root)
     for _, g in ipairs(M.groups) do
         local rows = {}
         for _, cmd in ipairs(cmds) do
             if (cmd.group or "other") == g.id then
-                for _, r in ipairs(M.rows(cmd)) do rows[#rows + 1] = r end
+                for _, r in ipairs(registry.rows(cmd)) do rows[#rows + 1] = r end
             end
         end
         if #rows > 0 then
@@ -86,12 +40,12 @@ local function overview(root)
     end
     add("")
     add("Options:")
-    for _, o in ipairs(M.global_options) do add("  " .. pad(o[1], 36) .. o[2]) end
+    for _, o in ipairs(registry.GLOBAL_OPTIONS) do add("  " .. pad(o[1], 36) .. o[2]) end
     add("")
     add("Files (in the root):")
-    for _, f in ipairs(M.files) do add("  " .. pad(f[1], 36) .. f[2]) end
+    for _, f in ipairs(registry.FILES) do add("  " .. pad(f[1], 36) .. f[2]) end
     add("")
-    add(M.exit_codes)
+    add(registry.EXIT_CODES)
     add("")
     add("'chat-manager help <command>' shows a command's arguments, options and an example.")
     return lines
@@ -136,7 +90,7 @@ function M.command_lines(cmd)
     end
     section("Arguments", cmd.arguments)
     section("Options", cmd.options)
-    section("Global options", M.global_options)
+    section("Global options", registry.GLOBAL_OPTIONS)
     add("")
     add("Example:")
     add("  " .. (cmd.example or ("chat-manager " .. cmd.name)))
@@ -173,5 +127,4 @@ return {
     arguments = { { "command", "a command to show the usage, arguments, options and an example of" } },
     example = "chat-manager help start",
     run = M.run,
-    lib = M,
 }
