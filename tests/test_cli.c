@@ -264,6 +264,23 @@ static void completion_scripts(void **state)
         }
         free(got);
     }
+    /* A hostile root's command names are never shell code: not at Tab
+     * time (compgen -W expands its words) nor in a generated script. */
+    char evil[4096];
+    snprintf(evil, sizeof evil,
+             "return { name = '$(touch %s/pwned)', summary = 'x',\n"
+             "  options = { { '--x', 'y' } }, run = function() end }\n",
+             root);
+    put(root, "commands", "evil.lua", evil);
+    char *all = bash_complete(script, root, "''");
+    free(all);
+    cmt_result_t regen = cmt_cm(root, NULL, RUN_MS, "completion", "bash", NULL);
+    assert_null(strstr(regen.out, "pwned"));
+    cmt_result_free(&regen);
+    char *pwned = cmt_path(root, "pwned");
+    struct stat pst;
+    assert_int_not_equal(stat(pwned, &pst), 0);
+    free(pwned);
     /* Nothing that does not start with the word. */
     char *got = bash_complete(script, root, "sta");
     assert_string_equal(got, "start status\n");

@@ -27,10 +27,20 @@ end
 local SUBCOMMANDS = "status list health switch"
 local SHELLS = "bash zsh fish"
 
+-- Commands whose names and options can be written into a script: a
+-- hostile root's command called `x) rm -rf ~;;` must not become shell code.
+local function plain_commands(root)
+    local out = {}
+    for _, cmd in ipairs(registry.ordered(root)) do
+        if cmd.name:match("^[%w][%w_.%-]*$") then out[#out + 1] = cmd end
+    end
+    return out
+end
+
 -- case arms "name) words=...;;" for every command with options.
 local function option_cases(root, fmt)
     local arms = {}
-    for _, cmd in ipairs(registry.ordered(root)) do
+    for _, cmd in ipairs(plain_commands(root)) do
         local words = M.option_words(cmd)
         if #words > 0 then arms[#arms + 1] = fmt:format(cmd.name, quote_words(words)) end
     end
@@ -159,14 +169,14 @@ local function fish(root)
         "complete -c chat-manager -n '__chat_manager_at 1 help' -a '(chat-manager (__chat_manager_root) _complete commands 2>/dev/null)'",
         "complete -c chat-manager -n '__chat_manager_at 1 completion' -a '" .. SHELLS .. "'",
     }
-    for _, cmd in ipairs(registry.ordered(root)) do
+    for _, cmd in ipairs(plain_commands(root)) do
         for _, row in ipairs(type(cmd.options) == "table" and cmd.options or {}) do
             local short = row[1]:match("^%-(%w)[,%s]") or row[1]:match("^%-(%w)$")
             local long = row[1]:match("%-%-([%w][%w%-]*)")
             local spec = (short and (" -s " .. short) or "") .. (long and (" -l " .. long) or "")
             if spec ~= "" then
                 lines[#lines + 1] = ("complete -c chat-manager -n 'contains -- %s (__chat_manager_words)'%s -d '%s'")
-                    :format(cmd.name, spec, (row[2]:gsub("'", "")))
+                    :format(cmd.name, spec, (row[2]:gsub("[^%w%s%.,:;=/%(%)%-]", "")))
             end
         end
     end

@@ -14,6 +14,14 @@ local M = {}
 
 local UNITS = { s = 1, m = 60, h = 3600, d = 86400 }
 
+-- Local date and time fields (strings or numbers) -> epoch seconds, or nil
+-- for a date os.time cannot represent (it raises on those).
+local function epoch(y, mo, d, h, mi, s)
+    local ok, t = pcall(os.time, { year = tonumber(y), month = tonumber(mo), day = tonumber(d),
+                                   hour = tonumber(h), min = tonumber(mi), sec = tonumber(s) })
+    return ok and t or nil
+end
+
 -- "10m", "2h", "90s", "1d", "45" (seconds), or "YYYY-MM-DD[ HH:MM[:SS]]"
 -- (local time) -> epoch seconds.
 function M.parse_since(text, now)
@@ -27,8 +35,7 @@ function M.parse_since(text, now)
         if not h then return nil end
         s = s ~= "" and s or 0
     end
-    return os.time({ year = tonumber(y), month = tonumber(mo), day = tonumber(d),
-                     hour = tonumber(h), min = tonumber(mi), sec = tonumber(s) })
+    return epoch(y, mo, d, h, mi, s)
 end
 
 local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8,
@@ -45,8 +52,7 @@ function M.line_time(line)
         mo = mo and MONTHS[mo]
         if not mo then return nil end
     end
-    return os.time({ year = tonumber(y), month = tonumber(mo), day = tonumber(d),
-                     hour = tonumber(h), min = tonumber(mi), sec = tonumber(s) })
+    return epoch(y, mo, d, h, mi, s)
 end
 
 -- The session logs, oldest first: { name, path, size, mtime, started }.
@@ -54,15 +60,11 @@ function M.sessions(inst)
     local out = {}
     for _, name in ipairs(cm.fs.list(inst.logs_dir) or {}) do
         local y, mo, d, h, mi, s = name:match("^chat%-o%-llama_(%d%d%d%d)(%d%d)(%d%d)_(%d%d)(%d%d)(%d%d).*%.log$")
-        if y then
-            local path = inst.logs_dir .. "/" .. name
-            local st = cm.fs.stat(path)
-            if st and st.type == "file" then
-                out[#out + 1] = { name = name, path = path, size = st.size, mtime = st.mtime,
-                                  started = os.time({ year = tonumber(y), month = tonumber(mo),
-                                      day = tonumber(d), hour = tonumber(h), min = tonumber(mi),
-                                      sec = tonumber(s) }) }
-            end
+        local path = y and (inst.logs_dir .. "/" .. name)
+        local st = path and cm.fs.stat(path)
+        if st and st.type == "file" then
+            out[#out + 1] = { name = name, path = path, size = st.size, mtime = st.mtime,
+                              started = epoch(y, mo, d, h, mi, s) or st.mtime }
         end
     end
     table.sort(out, function(a, b) return a.name < b.name end)
