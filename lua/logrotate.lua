@@ -9,20 +9,18 @@
 local M = {}
 
 local CHUNK = 4 * 1024 * 1024
+local COPY_TIMEOUT_MS = 600000
 
--- Copies src to dst (replacing it) a chunk at a time; returns the bytes
--- copied, or nil and why.
+-- Copies src to dst with cp(1) in a child, so that the supervisor's loop
+-- keeps serving signals and the app while 50 MB are copied; returns the
+-- bytes copied, or nil and why.
 local function copy(src, dst)
-    cm.fs.remove(dst)
-    local offset = 0
-    while true do
-        local data, err = cm.fs.read_from(src, offset, CHUNK)
-        if not data then return nil, err end
-        if #data == 0 then return offset end
-        local ok, werr = cm.fs.append(dst, data)
-        if not ok then return nil, werr end
-        offset = offset + #data
-    end
+    local r, err = cm.proc.run({ argv = { "cp", "--", src, dst }, timeout = COPY_TIMEOUT_MS })
+    if not r then return nil, err end
+    if r.code ~= 0 then return nil, (r.stderr ~= "" and r.stderr or ("cp exit " .. tostring(r.code))) end
+    local st = cm.fs.stat(dst)
+    if not st then return nil, "the copy is missing" end
+    return st.size
 end
 
 -- Rotates `path` now; returns a list of what happened, for the log.
