@@ -130,6 +130,20 @@ static void version_names_the_libraries(void **state)
     cmt_result_free(&r);
     cmt_result_free(&v);
     cmt_result_free(&j);
+    /* Not a git checkout: the project version. */
+    char *dir = cmt_tempdir();
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd,
+             "cmake -DSRC='%s' -DOUT='%s/version.h' -DFALLBACK=9.8.7 -DBUILD_TYPE=Release "
+             "-P '%s/cmake/version.cmake' && cat '%s/version.h'",
+             dir, dir, cmt_env("CM_SOURCE_DIR"), dir);
+    cmt_result_t c = sh(cmd, RUN_MS);
+    assert_int_equal(c.code, 0);
+    expect_contains(c.out, "#define CM_BUILD_VERSION \"9.8.7\"", "version.h");
+    expect_contains(c.out, "#define CM_BUILD_TYPE \"Release\"", "version.h");
+    cmt_result_free(&c);
+    cmt_rmtree(dir);
+    free(dir);
 }
 
 /* ---- 2. help per command ------------------------------------------------------ */
