@@ -114,7 +114,8 @@ end
 -- What help, the completions and the man page say about every command.
 
 M.GLOBAL_OPTIONS = {
-    { "--root DIR", "instance directory (else $CHAT_MANAGER_ROOT, else .)" },
+    { "--root DIR", "instance directory (else $CHAT_MANAGER_ROOT, else the binary's " ..
+        "directory when it holds the app, else .)" },
     { "--json", "machine-readable output (status, backend, start, stop, logs --list, ...)" },
     { "--no-color", "no colours (also NO_COLOR, or when not a terminal)" },
     { "-h, --help", "help (after a command: that command's help)" },
