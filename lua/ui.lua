@@ -87,6 +87,16 @@ function M.indicator(healthy)
 end
 
 function M.json(value)
+    if M.collecting and not printed_json then
+        -- A command that prints its own object (backend status) under
+        -- collection: what it said on the way (a broken user backend) goes
+        -- to stderr rather than nowhere.
+        for _, m in ipairs(messages) do
+            if m.level == "warning" or m.level == "info" then
+                io.stderr:write(m.level == "warning" and "[WARNING] " or "[INFO] ", m.text, "\n")
+            end
+        end
+    end
     printed_json = true
     io.stdout:write(cm.json.encode(value, true), "\n")
 end

@@ -380,6 +380,18 @@ static void debian_package(void **state)
     cmt_result_t deps = sh(cmd, RUN_MS);
     assert_string_equal(deps.out, "");
     cmt_result_free(&deps);
+    /* cmake --install puts the same files in their places. */
+    snprintf(cmd, sizeof cmd,
+             "cmake --install '%s' --prefix '%s/prefix' >/dev/null && cd '%s/prefix' && "
+             "test -x bin/chat-manager && test -f share/man/man1/chat-manager.1 && "
+             "test -f share/bash-completion/completions/chat-manager && "
+             "test -f share/zsh/vendor-completions/_chat-manager && "
+             "test -f share/fish/vendor_completions.d/chat-manager.fish",
+             cmt_env("CM_BUILD_DIR"), dir, dir);
+    cmt_result_t inst = sh(cmd, 60000);
+    if (inst.code != 0) print_error("%s\n%s\n", inst.out, inst.err);
+    assert_int_equal(inst.code, 0);
+    cmt_result_free(&inst);
     /* Installed into a throwaway root, never into the system. */
     snprintf(cmd, sizeof cmd,
              "dpkg -x '%s' '%s/root' && cd '%s/root' && "
