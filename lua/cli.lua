@@ -101,7 +101,10 @@ function M.main(argv)
         ui.error("usage: chat-manager %s", cmd.usage or name)
         return M.EXIT_USAGE
     end
-    if opts.json and rawget(cmd, "json") == "outcome" then ui.collect() end
+    -- json = "outcome": the command's messages become one object; "own":
+    -- it prints its own object, and its messages go to stderr.
+    local json_mode = opts.json and rawget(cmd, "json")
+    if json_mode == "outcome" or json_mode == "own" then ui.collect() end
     local code = cmd.run(ctx, args)
     if code == nil or code == true then
         code = M.EXIT_OK
@@ -114,7 +117,7 @@ function M.main(argv)
     end
     -- --json: a command that printed no JSON of its own (start, stop, ...)
     -- prints its collected outcome as one object.
-    if ui.collecting then ui.print_outcome(name, code) end
+    if ui.collecting then ui.finish(name, code, json_mode == "outcome") end
     io.stdout:flush()
     return code
 end

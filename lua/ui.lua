@@ -5,7 +5,9 @@
 -- With --json, a command that changes state (start, stop, restart,
 -- force-stop, backend switch) prints nothing as it goes: ui.collect() turns
 -- its messages into a list, ui.result() adds the outcome's fields, and
--- ui.print_outcome() prints them as one object when the command returns.
+-- ui.finish() prints them as one object when the command returns.  Commands
+-- that print their own object (status, logs --list, version) have their
+-- messages sent to stderr instead.
 -- docs/json.schema.json describes every shape.
 
 local M = { color = false, collecting = false }
@@ -86,28 +88,39 @@ function M.indicator(healthy)
     return M.paint("yellow", "? unknown")
 end
 
-function M.json(value)
-    if M.collecting and not printed_json then
-        -- A command that prints its own object (backend status) under
-        -- collection: what it said on the way (a broken user backend) goes
-        -- to stderr rather than nowhere.
-        for _, m in ipairs(messages) do
-            if m.level == "warning" or m.level == "info" then
-                io.stderr:write(m.level == "warning" and "[WARNING] " or "[INFO] ", m.text, "\n")
-            end
+-- Collected messages so far to stderr (errors are there already), so that
+-- stdout holds only the JSON object.
+local function flush_to_stderr()
+    for _, m in ipairs(messages) do
+        if m.level ~= "error" then
+            local prefix = m.level == "warning" and "[WARNING] " or m.level == "info" and "[INFO] " or ""
+            io.stderr:write(prefix, m.text, "\n")
         end
     end
+    messages = cm.json.array()
+end
+
+function M.json(value)
+    -- A command that prints its own object (backend status, status): what
+    -- it said on the way (a broken user backend) goes to stderr.
+    if M.collecting and not printed_json then flush_to_stderr() end
     printed_json = true
     io.stdout:write(cm.json.encode(value, true), "\n")
 end
 
--- The outcome object of a collected command, unless it printed its own
--- JSON (backend status does).
-function M.print_outcome(command, code)
+-- The end of a collected command: the outcome object (`outcome`), unless
+-- it printed its own JSON (backend status does); else what it said goes
+-- to stderr.
+function M.finish(command, code, outcome)
     if printed_json then return end
+    if not outcome then
+        flush_to_stderr()
+        return
+    end
     local out = { command = command, ok = code == 0, exit_code = code, messages = messages }
     for k, v in pairs(results) do out[k] = v end
-    M.json(out)
+    printed_json = true
+    io.stdout:write(cm.json.encode(out, true), "\n")
 end
 
 return M

@@ -598,6 +598,29 @@ static void json_outcomes_and_resource_use(void **state)
     free(root);
 }
 
+/* With --json, stdout holds the object only: what a command says on the
+ * way (here: a broken user backend is ignored) goes to stderr. */
+static void json_stdout_is_only_json(void **state)
+{
+    (void)state;
+    int port = cmt_free_port();
+    char *root = app_root(port, "");
+    put(root, "backends", "broken.lua", "return 5\n");
+    const char *defs[][3] = {{"status", NULL, "status"},
+                             {"backend", "status", "backend-status"},
+                             {"stop", NULL, "stop"}};
+    for (size_t i = 0; i < sizeof defs / sizeof defs[0]; i++) {
+        cmt_result_t r = defs[i][1] != NULL
+                             ? cmt_cm(root, NULL, RUN_MS, defs[i][0], defs[i][1], "--json", NULL)
+                             : cmt_cm(root, NULL, RUN_MS, defs[i][0], "--json", NULL);
+        expect_schema(r.out, defs[i][2]);
+        if (strcmp(defs[i][0], "stop") != 0) expect_contains(r.err, "ignoring backend", defs[i][0]);
+        cmt_result_free(&r);
+    }
+    cmt_rmtree(root);
+    free(root);
+}
+
 static void the_session_log_is_capped(void **state)
 {
     (void)state;
@@ -720,6 +743,7 @@ int main(void)
         cmocka_unit_test(logs_in_a_pipe_exits_at_once),
         cmocka_unit_test(logs_list_older_and_since),
         cmocka_unit_test(json_outcomes_and_resource_use),
+        cmocka_unit_test(json_stdout_is_only_json),
         cmocka_unit_test(the_session_log_is_capped),
         cmocka_unit_test(setup_scripts),
         cmocka_unit_test(docs_stand_alone),

@@ -260,6 +260,7 @@ return {
     usage = "logs [-f] [-n N] [--since T] [--list] [N|FILE]",
     summary = "show the newest log and follow it (Ctrl+C to exit)",
     group = "app",
+    json = "own",
     arguments = {
         { "N", "the Nth newest session log of --list (1 = the newest)" },
         { "FILE", "a log by its name in logs/ or its path" },

@@ -138,6 +138,7 @@ return {
     max_args = 0,
     summary = "show the app's state, PID, port, uptime, log and backends",
     group = "app",
+    json = "own",
     description = "Exit codes follow LSB: 0 running, 1 dead but the pid file exists (or failed), 3 not running, 4 unknown.  Shows CPU, memory, open files and threads of the app's process group.",
     example = "chat-manager status --json",
     run = function(ctx)

@@ -5,6 +5,7 @@ return {
     max_args = 0,
     summary = "show the version, the Lua, libuv and libcurl versions and the build type",
     group = "other",
+    json = "own",
     example = "chat-manager --version",
     run = function(ctx)
         local info = cm.build.info()
