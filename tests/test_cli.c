@@ -522,11 +522,26 @@ static char *app_root(int port, const char *extra)
     return root;
 }
 
+/* Teardown of the tests that start an app: whatever an assertion left
+ * running in the root is killed (force-stop acts only on the root's own
+ * processes), then the root is removed. */
+static int stop_root(void **state)
+{
+    char *root = *state;
+    if (root == NULL) return 0;
+    cmt_result_t r = cmt_cm(root, NULL, RUN_MS, "force-stop", NULL);
+    cmt_result_free(&r);
+    cmt_rmtree(root);
+    free(root);
+    *state = NULL;
+    return 0;
+}
+
 static void json_outcomes_and_resource_use(void **state)
 {
-    (void)state;
     int port = cmt_free_port();
     char *root = app_root(port, "");
+    *state = root;
     cmt_result_t a = cmt_cm(root, NULL, 60000, "start", "--json", NULL);
     if (a.code != 0) print_error("%s\n%s\n", a.out, a.err);
     assert_int_equal(a.code, 0);
@@ -594,17 +609,15 @@ static void json_outcomes_and_resource_use(void **state)
     assert_int_equal(u.code, 2);
     expect_schema(u.out, "backend-switch");
     cmt_result_free(&u);
-    cmt_rmtree(root);
-    free(root);
 }
 
 /* With --json, stdout holds the object only: what a command says on the
  * way (here: a broken user backend is ignored) goes to stderr. */
 static void json_stdout_is_only_json(void **state)
 {
-    (void)state;
     int port = cmt_free_port();
     char *root = app_root(port, "");
+    *state = root;
     put(root, "backends", "broken.lua", "return 5\n");
     const char *defs[][3] = {{"status", NULL, "status"},
                              {"backend", "status", "backend-status"},
@@ -617,15 +630,13 @@ static void json_stdout_is_only_json(void **state)
         if (strcmp(defs[i][0], "stop") != 0) expect_contains(r.err, "ignoring backend", defs[i][0]);
         cmt_result_free(&r);
     }
-    cmt_rmtree(root);
-    free(root);
 }
 
 static void the_session_log_is_capped(void **state)
 {
-    (void)state;
     int port = cmt_free_port();
     char *root = app_root(port, ", \"log_max_bytes\": 2000, \"log_backups\": 2");
+    *state = root;
     cmt_result_t a = cmt_cm(root, NULL, 60000, "start", NULL);
     assert_int_equal(a.code, 0);
     cmt_result_free(&a);
@@ -669,8 +680,6 @@ static void the_session_log_is_capped(void **state)
     assert_int_equal(o.code, 0);
     cmt_result_free(&o);
     free(path);
-    cmt_rmtree(root);
-    free(root);
 }
 
 /* ---- 8. set-up scripts ------------------------------------------------------ */
@@ -742,9 +751,9 @@ int main(void)
         cmocka_unit_test(debian_package),
         cmocka_unit_test(logs_in_a_pipe_exits_at_once),
         cmocka_unit_test(logs_list_older_and_since),
-        cmocka_unit_test(json_outcomes_and_resource_use),
-        cmocka_unit_test(json_stdout_is_only_json),
-        cmocka_unit_test(the_session_log_is_capped),
+        cmocka_unit_test_teardown(json_outcomes_and_resource_use, stop_root),
+        cmocka_unit_test_teardown(json_stdout_is_only_json, stop_root),
+        cmocka_unit_test_teardown(the_session_log_is_capped, stop_root),
         cmocka_unit_test(setup_scripts),
         cmocka_unit_test(docs_stand_alone),
     };
