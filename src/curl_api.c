@@ -45,7 +45,9 @@ static int load(void)
              resolve(lib, &api.multi_info_read, "curl_multi_info_read") &&
              resolve(lib, &api.multi_assign, "curl_multi_assign") &&
              resolve(lib, &api.multi_cleanup, "curl_multi_cleanup") &&
-             resolve(lib, &api.version, "curl_version");
+             resolve(lib, &api.version, "curl_version") &&
+             resolve(lib, &api.slist_append, "curl_slist_append") &&
+             resolve(lib, &api.slist_free_all, "curl_slist_free_all");
     /* The library stays loaded for the life of the process (curl keeps
      * global state), so a failure leaves it mapped too: harmless. */
     if (!ok) return 0;

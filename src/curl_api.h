@@ -30,6 +30,8 @@ typedef struct cm_curl_api {
     CURLMcode (*multi_assign)(CURLM *multi, curl_socket_t s, void *sockp);
     CURLMcode (*multi_cleanup)(CURLM *multi);
     char *(*version)(void); /* curl_version: "libcurl/7.88.1 OpenSSL/3.0 ..." */
+    struct curl_slist *(*slist_append)(struct curl_slist *list, const char *string);
+    void (*slist_free_all)(struct curl_slist *list);
 } cm_curl_api_t;
 
 /* Loads libcurl and runs curl_global_init once per process.  Returns the

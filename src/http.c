@@ -64,7 +64,8 @@ struct http_transfer {
     size_t body_len;
     size_t body_cap;
     size_t max_bytes;
-    int too_large; /* the write callback refused more data */
+    int too_large;              /* the write callback refused more data */
+    struct curl_slist *headers; /* request headers (a POST's Content-Type) */
     char errbuf[CURL_ERROR_SIZE];
     char message[CURL_ERROR_SIZE + 128];
     http_transfer_t *prev, *next;
@@ -126,6 +127,7 @@ static void transfer_unlink(http_engine_t *e, http_transfer_t *t)
 static void transfer_free(http_transfer_t *t)
 {
     if (t->easy != NULL) api->easy_cleanup(t->easy);
+    if (t->headers != NULL) api->slist_free_all(t->headers);
     free(t->body);
     free(t);
 }
@@ -454,6 +456,16 @@ static CURLcode configure(http_transfer_t *t, const char *url, const cm_http_opt
     SET(CURLOPT_USERAGENT, "chat-manager/" CM_VERSION);
     /* Known too large from Content-Length: fail before reading any of it. */
     SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_bytes);
+    if (o->post != NULL) {
+        char header[256];
+        snprintf(header, sizeof header, "Content-Type: %s",
+                 o->content_type != NULL ? o->content_type : "application/json");
+        t->headers = api->slist_append(NULL, header);
+        if (t->headers == NULL) return CURLE_OUT_OF_MEMORY;
+        SET(CURLOPT_HTTPHEADER, t->headers);
+        SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->post_len);
+        SET(CURLOPT_COPYPOSTFIELDS, o->post); /* copied: the caller's buffer may go */
+    }
 #if LIBCURL_VERSION_NUM >= 0x075500
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
 #else

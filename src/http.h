@@ -31,10 +31,13 @@ typedef enum cm_http_error {
 
 /* Options of one transfer; zero fields take the defaults below. */
 typedef struct cm_http_opts {
-    long connect_timeout_ms; /* CURLOPT_CONNECTTIMEOUT_MS (default 5000) */
-    long timeout_ms;         /* whole transfer, CURLOPT_TIMEOUT_MS (default 10000) */
-    size_t max_bytes;        /* body cap (default CM_HTTP_DEFAULT_MAX_BYTES) */
-    int insecure;            /* 1: do not verify the peer's certificate and name */
+    long connect_timeout_ms;  /* CURLOPT_CONNECTTIMEOUT_MS (default 5000) */
+    long timeout_ms;          /* whole transfer, CURLOPT_TIMEOUT_MS (default 10000) */
+    size_t max_bytes;         /* body cap (default CM_HTTP_DEFAULT_MAX_BYTES) */
+    int insecure;             /* 1: do not verify the peer's certificate and name */
+    const char *post;         /* non-NULL: a POST with this body (copied), else a GET */
+    size_t post_len;          /* the body's length in bytes */
+    const char *content_type; /* the POST body's Content-Type (default application/json) */
 } cm_http_opts_t;
 
 #define CM_HTTP_DEFAULT_CONNECT_TIMEOUT_MS 5000L
@@ -57,7 +60,8 @@ typedef struct cm_http_result {
 
 typedef void (*cm_http_cb)(const cm_http_result_t *result, void *data);
 
-/* Starts a GET of `url` on `loop` (opts may be NULL for the defaults).
+/* Starts a GET of `url` on `loop` (opts may be NULL for the defaults), or a
+ * POST when opts->post is set.
  * Returns 0 when the transfer started: `cb` is then called exactly once, from
  * a loop callback (never from inside this call).  When cm_http_shutdown
  * aborts the transfer, `cb` still runs (so `data` can be freed) with

@@ -49,19 +49,19 @@ static void ensure_closer(lua_State *L)
 
 /* Reads opts[key] as a positive number of milliseconds (or bytes), def when
  * absent; raises when it is not a number or out of 1..max. */
-static lua_Integer opt_positive(lua_State *L, int idx, const char *key, lua_Integer def,
-                                lua_Integer max)
+static lua_Integer opt_positive(lua_State *L, int idx, const char *fn, const char *key,
+                                lua_Integer def, lua_Integer max)
 {
     lua_Integer v = def;
     int type = lua_getfield(L, idx, key); /* [value] */
     if (type != LUA_TNIL) {
         if (type != LUA_TNUMBER) {
-            luaL_error(L, "cm.http.get: option '%s' must be a number, not %s", key,
+            luaL_error(L, "%s: option '%s' must be a number, not %s", fn, key,
                        luaL_typename(L, -1));
         }
         lua_Number n = lua_tonumber(L, -1);
         if (!(n >= 1 && n <= (lua_Number)max))
-            luaL_error(L, "cm.http.get: option '%s' must be between 1 and %I", key, max);
+            luaL_error(L, "%s: option '%s' must be between 1 and %I", fn, key, max);
         v = (lua_Integer)ceil(n);
     }
     lua_pop(L, 1); /* [] */
@@ -70,12 +70,14 @@ static lua_Integer opt_positive(lua_State *L, int idx, const char *key, lua_Inte
 
 /* Fills opts from the table at idx; raises on unknown keys and bad values so
  * that a typo ("timeout_ms") fails loudly instead of being ignored. */
-static void read_options(lua_State *L, int idx, cm_http_opts_t *opts)
+static void read_options(lua_State *L, int idx, const char *fn, cm_http_opts_t *opts)
 {
+    int post = opts->post != NULL;
     opts->connect_timeout_ms = CM_HTTP_DEFAULT_CONNECT_TIMEOUT_MS;
     opts->timeout_ms = CM_HTTP_DEFAULT_TIMEOUT_MS;
     opts->max_bytes = CM_HTTP_DEFAULT_MAX_BYTES;
     opts->insecure = 0;
+    opts->content_type = NULL;
     if (lua_isnoneornil(L, idx)) return;
     luaL_checktype(L, idx, LUA_TTABLE);
 
@@ -83,23 +85,34 @@ static void read_options(lua_State *L, int idx, cm_http_opts_t *opts)
     while (lua_next(L, idx) != 0) { /* [key, value] */
         const char *key = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
         if (key == NULL || (strcmp(key, "connect_timeout") != 0 && strcmp(key, "timeout") != 0 &&
-                            strcmp(key, "max_bytes") != 0 && strcmp(key, "verify_ssl") != 0)) {
-            luaL_error(L, "cm.http.get: unknown option '%s'",
-                       key != NULL ? key : luaL_typename(L, -2));
+                            strcmp(key, "max_bytes") != 0 && strcmp(key, "verify_ssl") != 0 &&
+                            !(post && strcmp(key, "content_type") == 0))) {
+            luaL_error(L, "%s: unknown option '%s'", fn, key != NULL ? key : luaL_typename(L, -2));
         }
         lua_pop(L, 1); /* [key] */
     }
 
     opts->connect_timeout_ms = (long)opt_positive(
-        L, idx, "connect_timeout", CM_HTTP_DEFAULT_CONNECT_TIMEOUT_MS, MAX_TIMEOUT_MS);
+        L, idx, fn, "connect_timeout", CM_HTTP_DEFAULT_CONNECT_TIMEOUT_MS, MAX_TIMEOUT_MS);
     opts->timeout_ms =
-        (long)opt_positive(L, idx, "timeout", CM_HTTP_DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS);
-    opts->max_bytes = (size_t)opt_positive(L, idx, "max_bytes",
+        (long)opt_positive(L, idx, fn, "timeout", CM_HTTP_DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS);
+    opts->max_bytes = (size_t)opt_positive(L, idx, fn, "max_bytes",
                                            (lua_Integer)CM_HTTP_DEFAULT_MAX_BYTES, MAX_BODY_BYTES);
     int type = lua_getfield(L, idx, "verify_ssl"); /* [verify] */
     if (type != LUA_TNIL && type != LUA_TBOOLEAN)
-        luaL_error(L, "cm.http.get: option 'verify_ssl' must be a boolean");
+        luaL_error(L, "%s: option 'verify_ssl' must be a boolean", fn);
     opts->insecure = type == LUA_TBOOLEAN && !lua_toboolean(L, -1);
+    lua_pop(L, 1);                                                  /* [] */
+    if (post && lua_getfield(L, idx, "content_type") != LUA_TNIL) { /* [ctype] */
+        size_t len;
+        const char *ctype = lua_tolstring(L, -1, &len);
+        /* A header value: one short line, nothing that could start another. */
+        if (lua_type(L, -1) != LUA_TSTRING || len == 0 || len > 200 ||
+            strcspn(ctype, "\r\n") != len)
+            luaL_error(L, "%s: option 'content_type' must be a one-line string", fn);
+        opts->content_type = ctype; /* stays on the stack below the call's results */
+        return;
+    }
     lua_pop(L, 1); /* [] */
 }
 
@@ -126,13 +139,9 @@ static void on_http_done(const cm_http_result_t *r, void *data)
     free(call);
 }
 
-/* cm.http.get(url [, opts]) -> {status=, body=, ms=, content_type=} | nil, msg, code
- * Waits.  See docs/lua-api.md for the options and the codes. */
-static int l_http_get(lua_State *L)
+/* Starts the transfer and parks the task until it ends. */
+static int start_transfer(lua_State *L, const char *url, const cm_http_opts_t *opts)
 {
-    const char *url = luaL_checkstring(L, 1);
-    cm_http_opts_t opts;
-    read_options(L, 2, &opts);
     ensure_closer(L);
 
     cm_waiter_t waiter;
@@ -141,7 +150,7 @@ static int l_http_get(lua_State *L)
     http_call_t *call = malloc(sizeof *call);
     if (call == NULL) return cm_fail(L, "error", "out of memory");
     call->waiter = waiter;
-    int rc = cm_http_get(cm_loop(L), url, &opts, on_http_done, call);
+    int rc = cm_http_get(cm_loop(L), url, opts, on_http_done, call);
     if (rc != 0) {
         free(call);
         if (rc == UV_ENOSYS) {
@@ -152,6 +161,27 @@ static int l_http_get(lua_State *L)
         return cm_fail(L, "error", "cannot start the transfer: %s", uv_strerror(rc));
     }
     return cm_waiter_yield(L);
+}
+
+/* cm.http.get(url [, opts]) -> {status=, body=, ms=, content_type=} | nil, msg, code
+ * Waits.  See docs/lua-api.md for the options and the codes. */
+static int l_http_get(lua_State *L)
+{
+    const char *url = luaL_checkstring(L, 1);
+    cm_http_opts_t opts = {0};
+    read_options(L, 2, "cm.http.get", &opts);
+    return start_transfer(L, url, &opts);
+}
+
+/* cm.http.post(url, body [, opts]) -> the same as get.  opts also takes
+ * content_type (default application/json). */
+static int l_http_post(lua_State *L)
+{
+    const char *url = luaL_checkstring(L, 1);
+    cm_http_opts_t opts = {0};
+    opts.post = luaL_checklstring(L, 2, &opts.post_len);
+    read_options(L, 3, "cm.http.post", &opts);
+    return start_transfer(L, url, &opts);
 }
 
 /* load() -> true | nil, message: loads libcurl now (it is otherwise loaded
@@ -168,6 +198,7 @@ int cm__open_http(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
         {"get", l_http_get},
+        {"post", l_http_post},
         {"load", l_http_load},
         {NULL, NULL},
     };

@@ -125,6 +125,39 @@ static void test_get_error_status_is_an_answer(void **state)
     server_stop(&s);
 }
 
+/* A POST carries its body and Content-Type; the fake Ollama's chat answer
+ * streams NDJSON (chunked) and curl hands it back whole. */
+static void test_post_chat(void **state)
+{
+    (void)state;
+    server_t s = server_start("ollama", -1);
+    assert_int_equal(
+        lua_fmt("local url = 'http://127.0.0.1:%d'\n"
+                "local r = assert(cm.http.post(url .. '/api/chat',\n"
+                "    '{\"model\":\"llama3.2:1b\",\"messages\":[]}', {timeout = 5000}))\n"
+                "assert(r.status == 200, r.status)\n"
+                "assert(r.content_type == 'application/x-ndjson', r.content_type)\n"
+                "local text, lines, last = '', 0\n"
+                "for line in r.body:gmatch('[^\\n]+') do\n"
+                "    local m = assert(cm.json.decode(line), line)\n"
+                "    assert(m.model == 'llama3.2:1b', line)\n"
+                "    text = text .. m.message.content\n"
+                "    lines, last = lines + 1, m\n"
+                "end\n"
+                "assert(lines == 7 and last.done == true, r.body)\n"
+                "assert(text == 'Hello from the fake Ollama.', text)\n"
+                "local g = assert(cm.http.post(url .. '/api/generate',\n"
+                "    '{\"model\":\"m\",\"prompt\":\"hi\",\"stream\":false}'))\n"
+                "local one = assert(cm.json.decode(g.body), g.body)\n"
+                "assert(one.done == true and one.response == 'Hello from the fake Ollama.', g.body)\n"
+                "local bad = pcall(cm.http.post, url, 'x', {content_type = 'a\\r\\nX-Evil: 1'})\n"
+                "assert(not bad, 'a header with a line break must be refused')\n"
+                "assert(not pcall(cm.http.get, url, {content_type = 'text/plain'}))\n",
+                s.port),
+        0);
+    server_stop(&s);
+}
+
 /* ---- failures ----------------------------------------------------------- */
 
 static void test_get_refused(void **state)
@@ -353,6 +386,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_get_ok),
         cmocka_unit_test(test_get_error_status_is_an_answer),
+        cmocka_unit_test(test_post_chat),
         cmocka_unit_test(test_get_refused),
         cmocka_unit_test(test_get_timeout),
         cmocka_unit_test(test_get_connect_timeout),
