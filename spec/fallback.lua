@@ -2,7 +2,7 @@
 -- decision expected for it (tests/test_fallback_spec.c runs one cmocka test
 -- per row through lua/policy/fallback.lua).
 --
--- A row: { name, ctx, expect = { action, to, restart, reason } }
+-- A row: { name, ctx, expect = { action, to, how, reason } }
 --   expect.reason is a Lua pattern the decision's reason must match; every
 --   decision must carry a reason.
 -- User-policy rows also give `policy` (the file's text; the runner writes it
@@ -12,10 +12,13 @@
 -- (a plain substring of the error).  For a broken policy `expect` is the
 -- built-in policy's decision, and its reason must say the built-in decided.
 
--- The base context: ollama active and failing, llamacpp healthy.
+-- The base context: ollama configured, active and failing, llamacpp healthy,
+-- an app that switches live.
 local function ctx(over)
     local c = {
         active = "ollama",
+        configured = "ollama",
+        live = true,
         auto_fallback = true,
         health = { ollama = false, llamacpp = true },
         order = { "ollama", "llamacpp" },
@@ -25,12 +28,14 @@ local function ctx(over)
         now = 100000,
         last_switch = nil,
         cooldown = 300,
+        failback_after = 3,
+        configured_healthy = 0,
     }
     for k, v in pairs(over or {}) do c[k] = v end
     return c
 end
 
-local SWITCH_TO_LLAMACPP = { action = "switch", to = "llamacpp", restart = true }
+local SWITCH_TO_LLAMACPP = { action = "switch", to = "llamacpp", how = "live" }
 
 return {
     -- The built-in policy.
@@ -38,7 +43,8 @@ return {
       ctx = ctx { health = { ollama = true, llamacpp = true }, failures = 0 },
       expect = { action = "keep", reason = "'ollama' is healthy" } },
     { name = "keep a healthy active backend even when another comes first in order",
-      ctx = ctx { active = "llamacpp", health = { ollama = true, llamacpp = true }, failures = 0 },
+      ctx = ctx { active = "llamacpp", configured = "llamacpp", health = { ollama = true, llamacpp = true },
+                  failures = 0 },
       expect = { action = "keep", reason = "'llamacpp' is healthy" } },
     { name = "hysteresis: one failure below fallback_after keeps",
       ctx = ctx { failures = 1 },
@@ -48,7 +54,7 @@ return {
       expect = { action = "keep", reason = "0 of 2 failed checks" } },
     { name = "hysteresis: failures at fallback_after switch and restart",
       ctx = ctx { failures = 2 },
-      expect = { action = "switch", to = "llamacpp", restart = true, reason = "failed 2 consecutive checks" } },
+      expect = { action = "switch", to = "llamacpp", how = "live", reason = "failed 2 consecutive checks" } },
     { name = "hysteresis: failures beyond fallback_after switch",
       ctx = ctx { failures = 7 },
       expect = SWITCH_TO_LLAMACPP },
@@ -69,10 +75,10 @@ return {
       expect = SWITCH_TO_LLAMACPP },
     { name = "start: an unhealthy active backend is replaced at once, without restart",
       ctx = ctx { why = "start", failures = 0 },
-      expect = { action = "switch", to = "llamacpp", restart = false, reason = "at start" } },
+      expect = { action = "switch", to = "llamacpp", how = "none", reason = "at start" } },
     { name = "start: the cooldown does not apply (nothing runs yet)",
       ctx = ctx { why = "start", failures = 0, last_switch = 100000 - 10 },
-      expect = { action = "switch", to = "llamacpp", restart = false } },
+      expect = { action = "switch", to = "llamacpp", how = "none" } },
     { name = "start: a healthy active backend is kept",
       ctx = ctx { why = "start", failures = 0, health = { ollama = true, llamacpp = true } },
       expect = { action = "keep", reason = "healthy" } },
@@ -91,7 +97,7 @@ return {
     { name = "order: the first healthy backend in order is chosen",
       ctx = ctx { order = { "ollama", "custom", "llamacpp" },
                   health = { ollama = false, custom = true, llamacpp = true } },
-      expect = { action = "switch", to = "custom", restart = true } },
+      expect = { action = "switch", to = "custom", how = "live" } },
     { name = "order: a different order chooses differently",
       ctx = ctx { order = { "llamacpp", "ollama", "custom" },
                   health = { ollama = false, custom = true, llamacpp = true } },
@@ -106,13 +112,81 @@ return {
       expect = SWITCH_TO_LLAMACPP },
     { name = "unknown health (nil) of the active backend counts as a failure",
       ctx = ctx { health = { llamacpp = true }, failures = 2 },
-      expect = { action = "switch", to = "llamacpp", restart = true } },
+      expect = { action = "switch", to = "llamacpp", how = "live" } },
     { name = "unknown health of the active backend below fallback_after keeps",
       ctx = ctx { health = { llamacpp = true }, failures = 1 },
       expect = { action = "keep", reason = "unknown health" } },
     { name = "only alternatives of unknown health: keep",
       ctx = ctx { health = { ollama = false } },
       expect = { action = "keep", reason = "no other backend is healthy" } },
+
+    -- How a switch reaches the app.
+    { name = "how: an app without the switch endpoint is restarted with the new backend",
+      ctx = ctx { live = false },
+      expect = { action = "switch", to = "llamacpp", how = "restart", reason = "failed 2 consecutive checks" } },
+    { name = "how: at start nothing runs, whatever the endpoint",
+      ctx = ctx { why = "start", live = false },
+      expect = { action = "switch", to = "llamacpp", how = "none" } },
+
+    -- The app refusing a live switch.
+    { name = "refused: a backend the app refused lately is not chosen again",
+      ctx = ctx { order = { "ollama", "llamacpp", "custom" },
+                  health = { ollama = false, llamacpp = true, custom = true },
+                  refused = { llamacpp = "Failed to switch to llamacpp backend" } },
+      expect = { action = "switch", to = "custom", how = "live" } },
+    { name = "refused: when the app refused the only healthy one, keep and say why",
+      ctx = ctx { refused = { llamacpp = "Failed to switch to llamacpp backend" } },
+      expect = { action = "keep", reason = "the app refused to switch to it: Failed to switch" } },
+
+    -- Failback to the configured backend (the user's choice in config.json).
+    { name = "failback: the configured backend healthy for failback_after checks comes back",
+      ctx = ctx { active = "llamacpp", health = { ollama = true, llamacpp = true },
+                  failures = 0, configured_healthy = 3, last_switch = 100000 - 300,
+                  last_switch_by = "policy" },
+      expect = { action = "switch", to = "ollama", how = "live",
+                 reason = "^failback: the configured backend 'ollama' has been healthy for 3 checks" } },
+    { name = "failback: not within the cooldown of the fallback (never flap)",
+      ctx = ctx { active = "llamacpp", health = { ollama = true, llamacpp = true },
+                  failures = 0, configured_healthy = 5, last_switch = 100000 - 10,
+                  last_switch_by = "policy" },
+      expect = { action = "keep", reason = "healthy again, but the last switch was 10 s ago %(cooldown 300 s%)" } },
+    { name = "failback: fewer healthy checks than failback_after keep the fallback",
+      ctx = ctx { active = "llamacpp", health = { ollama = true, llamacpp = true },
+                  failures = 0, configured_healthy = 2 },
+      expect = { action = "keep", reason = "2 of 3 checks before a failback" } },
+    { name = "failback: a larger failback_after waits longer",
+      ctx = ctx { active = "llamacpp", health = { ollama = true, llamacpp = true },
+                  failures = 0, configured_healthy = 3, failback_after = 5 },
+      expect = { action = "keep", reason = "3 of 5 checks" } },
+    { name = "failback: even when the fallback fails too, only after failback_after checks",
+      ctx = ctx { active = "llamacpp", health = { ollama = true, llamacpp = false },
+                  failures = 1, configured_healthy = 1 },
+      expect = { action = "keep", reason = "1 of 2 failed checks" } },
+    { name = "failback: a failing fallback goes to the healthy configured backend as a fallback",
+      ctx = ctx { active = "llamacpp", health = { ollama = true, llamacpp = false },
+                  failures = 2, configured_healthy = 1 },
+      expect = { action = "switch", to = "ollama", how = "live", reason = "failed 2 consecutive checks" } },
+    { name = "failback: without the endpoint the app is restarted on the configured backend",
+      ctx = ctx { active = "llamacpp", health = { ollama = true, llamacpp = true },
+                  failures = 0, configured_healthy = 4, live = false },
+      expect = { action = "switch", to = "ollama", how = "restart", reason = "^failback" } },
+    { name = "failback: an unhealthy configured backend is not gone back to",
+      ctx = ctx { active = "llamacpp", health = { ollama = false, llamacpp = true },
+                  failures = 0, configured_healthy = 9 },
+      expect = { action = "keep", reason = "'llamacpp' is healthy" } },
+
+    -- Pinning: the user's own switch is never undone within the cooldown.
+    { name = "pinned: a user's switch is kept within the cooldown though it fails",
+      ctx = ctx { failures = 5, last_switch = 100000 - 60, last_switch_by = "user" },
+      expect = { action = "keep", reason = "chosen by the user 60 s ago" } },
+    { name = "pinned: no failback within the cooldown of a user's switch",
+      ctx = ctx { active = "llamacpp", health = { ollama = true, llamacpp = true },
+                  failures = 0, configured_healthy = 9, last_switch = 100000 - 1,
+                  last_switch_by = "user" },
+      expect = { action = "keep", reason = "chosen by the user" } },
+    { name = "pinned: after the cooldown a user's switch is subject to fallback",
+      ctx = ctx { failures = 2, last_switch = 100000 - 300, last_switch_by = "user" },
+      expect = SWITCH_TO_LLAMACPP },
 
     -- User policies (manager.policy).
     { name = "user policy: a valid policy decides",
@@ -139,7 +213,48 @@ end
 ]],
       ctx = ctx { order = { "ollama", "custom", "llamacpp" },
                   health = { ollama = false, custom = true, llamacpp = true }, failures = 1 },
-      expect = { action = "switch", to = "llamacpp", restart = true, reason = "last healthy in order" } },
+      expect = { action = "switch", to = "llamacpp", how = "live", reason = "last healthy in order" } },
+    { name = "user policy: may forbid failback and keep the fallback",
+      file = "no-failback.lua",
+      policy = [[
+return function(ctx, builtin)
+    local d = builtin(ctx)
+    if d.action == "switch" and d.to == ctx.configured then
+        return { action = "keep", reason = "no failback: staying on " .. ctx.active }
+    end
+    return d
+end
+]],
+      ctx = ctx { active = "llamacpp", health = { ollama = true, llamacpp = true },
+                  failures = 0, configured_healthy = 9 },
+      expect = { action = "keep", reason = "^no failback: staying on llamacpp$" } },
+    { name = "user policy: chooses how a switch reaches the app",
+      file = "restart-always.lua",
+      policy = [[
+return function(ctx, builtin)
+    local d = builtin(ctx)
+    if d.action == "switch" then d.how = "restart" end
+    return d
+end
+]],
+      ctx = ctx {},
+      expect = { action = "switch", to = "llamacpp", how = "restart" } },
+    { name = "user policy: a switch without how is live when the app can",
+      file = "no-how.lua",
+      policy = "return function(ctx)\n    return { action = 'switch', to = 'llamacpp' }\nend\n",
+      ctx = ctx { failures = 0 },
+      expect = { action = "switch", to = "llamacpp", how = "live" } },
+    { name = "user policy: the older restart = false still means none",
+      file = "old-restart.lua",
+      policy = "return function(ctx)\n    return { action = 'switch', to = 'llamacpp', restart = false }\nend\n",
+      ctx = ctx {},
+      expect = { action = "switch", to = "llamacpp", how = "none" } },
+    { name = "user policy: an unknown how is rejected",
+      file = "bad-how.lua",
+      policy = "return function(ctx)\n    return { action = 'switch', to = 'llamacpp', how = 'reboot' }\nend\n",
+      ctx = ctx {},
+      error_line = 1, error = "how must be \"live\", \"restart\" or \"none\", not \"reboot\"",
+      expect = SWITCH_TO_LLAMACPP },
     { name = "user policy: may defer to the built-in policy",
       file = "wrap-builtin.lua",
       policy = [[
@@ -150,7 +265,7 @@ return function(ctx, builtin)
 end
 ]],
       ctx = ctx { why = "start" },
-      expect = { action = "switch", to = "llamacpp", restart = false, reason = "^wrapped: " } },
+      expect = { action = "switch", to = "llamacpp", how = "none", reason = "^wrapped: " } },
     { name = "user policy: a syntax error is reported with file:line and the built-in decides",
       file = "syntax.lua",
       policy = "return function(ctx)\n    local x = \n    return { action = 'keep' }\nend\n",

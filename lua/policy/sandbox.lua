@@ -95,9 +95,10 @@ local function deep_copy(v, seen)
     return c
 end
 
--- Checks a user decision.  known: set of backend names.  Returns the
+-- Checks a user decision.  known: set of backend names; default_how(ctx)
+-- gives a switch's `how` when the policy leaves it out.  Returns the
 -- decision (normalised), or nil and what is wrong.
-function M.validate(decision, ctx, known)
+function M.validate(decision, ctx, known, default_how)
     if type(decision) ~= "table" then
         return nil, ("returned %s, expected a decision table { action = \"keep\" | \"switch\", ... }")
             :format(type(decision))
@@ -120,10 +121,19 @@ function M.validate(decision, ctx, known)
     if to == ctx.active then
         return nil, ("switch to '%s', which is already the active backend"):format(to)
     end
-    local restart = decision.restart
-    if restart == nil then restart = ctx.why ~= "start" end
-    if type(restart) ~= "boolean" then return nil, "the decision's restart must be true or false" end
-    return { action = "switch", to = to, restart = restart, reason = reason or ("user policy: switch to " .. to) }
+    -- how: "live", "restart" or "none"; the older restart = true|false
+    -- still means "restart" or "none".
+    local how = decision.how
+    if how == nil and decision.restart ~= nil then
+        if type(decision.restart) ~= "boolean" then return nil, "the decision's restart must be true or false" end
+        how = decision.restart and "restart" or "none"
+    end
+    if how == nil then how = default_how and default_how(ctx) or "restart" end
+    if how ~= "live" and how ~= "restart" and how ~= "none" then
+        return nil, ("the decision's how must be \"live\", \"restart\" or \"none\", not %s"):format(
+            type(how) == "string" and ("%q"):format(how) or type(how))
+    end
+    return { action = "switch", to = to, how = how, reason = reason or ("user policy: switch to " .. to) }
 end
 
 -- Loaded policies by path, so that a policy may keep state between
@@ -155,7 +165,8 @@ end
 
 -- Runs the policy in `path` on a copy of ctx.  opts: { known = {name=true},
 -- budget = instructions, print = fn(text), builtin = fn(ctx) (passed to the
--- policy as its second argument, so it can defer to the built-in) }.
+-- policy as its second argument, so it can defer to the built-in), how =
+-- fn(ctx) (a switch's how when the policy gives none) }.
 -- Returns the validated decision, or nil and "file:line: what".
 function M.run(path, ctx, opts)
     opts = opts or {}
@@ -169,7 +180,7 @@ function M.run(path, ctx, opts)
     if not ok then return nil, tostring(decision) end
     local where = debug.getinfo(fn, "S")
     local pos = ("%s:%d: "):format(where.short_src, where.linedefined)
-    local valid, why = M.validate(decision, ctx, opts.known or {})
+    local valid, why = M.validate(decision, ctx, opts.known or {}, opts.how)
     if not valid then return nil, pos .. "the policy " .. why end
     return valid
 end
