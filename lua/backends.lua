@@ -302,7 +302,8 @@ M.NAME_WIDTH, M.INDICATOR_WIDTH = 11, 14
 
 -- "  ollama     ✓ healthy     2 models (...), v0.5.7, 3 ms"
 function M.format_line(name, result)
-    local text = result.detail or ""
+    -- A detail carries model names and answers from the network.
+    local text = ui.clean(result.detail or "")
     if result.ms then
         text = text ~= "" and (text .. ", " .. result.ms .. " ms") or (result.ms .. " ms")
     end
@@ -312,14 +313,17 @@ end
 -- The hint's lines, each a troubleshooting step.
 function M.hint_lines(result)
     local lines = {}
-    for line in (result.hint or ""):gmatch("[^\n]+") do lines[#lines + 1] = line end
+    for line in (result.hint or ""):gmatch("[^\n]+") do lines[#lines + 1] = ui.clean(line) end
     return lines
 end
 
 -- Prints the backend section used by `backend status`, `start` and
--- `status`: one line per backend in registry order, then the active one.
+-- `status`: one line per backend in registry order, then the configured
+-- one and, when known, the one the app serves with.
 -- opts: { active = name (default backend.active), hints = bool (print the
--- troubleshooting lines under backends that are not healthy), title = text }.
+-- troubleshooting lines under backends that are not healthy), title = text,
+-- serving = name the app serves with, source = where that comes from,
+-- explain = why serving and configured differ }.
 function M.print_section(settings, results, opts)
     opts = opts or {}
     local active = opts.active or settings:get("backend.active")
@@ -341,11 +345,19 @@ function M.print_section(settings, results, opts)
     end
     table.sort(extra)
     for _, name in ipairs(extra) do show(name) end
-    if M.get(settings.root, active) then
+    local serving = opts.serving
+    if not M.get(settings.root, active) then
+        ui.say("Active backend: %s (not a known backend)", ui.clean(active))
+    elseif serving == nil then
         ui.say("Active backend: %s", active)
+    elseif serving == active then
+        ui.say("Active backend: %s (configured and serving%s)", active,
+            opts.source and (", " .. opts.source) or "")
     else
-        ui.say("Active backend: %s (not a known backend)", tostring(active))
+        ui.say("Active backend: %s (configured in config.json)", active)
+        ui.say("Serving:        %s%s", ui.clean(serving), opts.source and (" (" .. opts.source .. ")") or "")
     end
+    if opts.explain then ui.say("  %s", ui.clean(opts.explain)) end
 end
 
 -- ---- switching ----------------------------------------------------------

@@ -105,9 +105,12 @@ local function show_log_tail(path, n)
     for _, l in ipairs(lines) do ui.say("  %s", l) end
 end
 
--- Checks the backends (all at once) and lets the fallback policy switch
--- before the app is launched.  Never fatal: the old script only warned.
-local function check_backends_at_start(settings, inst)
+-- Checks the backends (all at once) and lets the fallback policy choose the
+-- backend the app starts with.  A fallback is runtime state: the app is
+-- given it through run/app-config.json, config.json is left as it is.
+-- Never fatal: the old script only warned.  Returns the serving backend
+-- when it differs from the configured one, and why.
+local function check_backends_at_start(settings)
     local backends = require("backends")
     local results = backends.check_all(settings)
     local active = settings:get("backend.active")
@@ -115,24 +118,21 @@ local function check_backends_at_start(settings, inst)
     local health = {}
     for name, r in pairs(results) do health[name] = r.healthy end
     local decision, policy_err = fallback.evaluate(settings, fallback.context(settings, {
-        health = health, why = "start",
+        health = health, why = "start", order = backends.names(settings.root, settings),
     }))
     if policy_err then ui.warn("user policy failed: %s", policy_err) end
+    local serving, reason
     if decision.action == "switch" and decision.to ~= active then
-        local sok, serr = backends.switch(settings, decision.to)
-        if sok then
-            ui.info("Switched backend from '%s' to '%s': %s", active, decision.to, decision.reason or "")
-            settings = assert(settings_mod.load(inst.root))
-            active = decision.to
-        else
-            ui.warn("could not switch backend: %s", serr)
-        end
+        ui.info("Starting with backend '%s' instead of '%s' (config.json unchanged): %s",
+            decision.to, active, decision.reason or "")
+        serving, reason = decision.to, decision.reason
     end
-    backends.print_section(settings, results)
-    if results[active] and results[active].healthy ~= true then
-        ui.warn("Backend '%s' is not healthy - some features may not work", active)
+    backends.print_section(settings, results, { serving = serving })
+    local used = serving or active
+    if results[used] and results[used].healthy ~= true then
+        ui.warn("Backend '%s' is not healthy - some features may not work", used)
     end
-    return settings
+    return serving, reason
 end
 
 -- A start in a directory without an app fails before creating anything.
@@ -219,7 +219,7 @@ function M.start_locked(ctx, settings, inst, port, lock)
         return EXIT_FAIL
     end
     if launch.venv then ui.info("Using virtual environment: %s", launch.venv) end
-    settings = check_backends_at_start(settings, inst)
+    local serving, serving_reason = check_backends_at_start(settings)
 
     ui.info("Starting Chat-O-Llama on port %d...", port)
     local t0 = cm.time.now()
@@ -230,7 +230,7 @@ function M.start_locked(ctx, settings, inst, port, lock)
     env[instance_mod.MARKER] = inst.id
     local exe = assert(cm.sys.exe())
     local child, serr = cm.proc.spawn({
-        argv = { exe, "--root", inst.root, "_supervise", tostring(port) },
+        argv = { exe, "--root", inst.root, "_supervise", tostring(port), serving, serving_reason },
         env = env, cwd = inst.root, detach = true, new_session = true,
         stdout_fd = out_fd, stderr_fd = out_fd, extra_fds = { wfd },
     })

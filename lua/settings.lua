@@ -15,7 +15,8 @@ M.defaults = {
     llamacpp = { model_path = "./models" },
     server = { port = M.DEFAULT_PORT },
     manager = {
-        app = { command = { "python3", "app.py" }, cwd = ".", env = {}, venv = "auto" },
+        app = { command = { "python3", "app.py" }, cwd = ".", env = {}, venv = "auto",
+                switch_path = "/api/backend/switch", status_path = "/api/backend/status" },
         start_timeout = 30,
         stop_timeout = 10,
         health_connect_timeout = 5,
@@ -24,6 +25,7 @@ M.defaults = {
                     backoff_max = 60, reset_after = 30 },
         fallback_after = 2,
         fallback_cooldown = 300,
+        failback_after = 3,
         log_keep = 20,
         log_max_bytes = 52428800,
         log_backups = 5,
@@ -68,6 +70,10 @@ local schema = {
     ["manager.app.env"] = { env, "an object of strings" },
     ["manager.app.venv"] = { function(v) return v == "auto" or v == false or str(v) end,
                              "\"auto\", false or a directory" },
+    ["manager.app.switch_path"] = { function(v) return v == cm.json.null or (str(v) and v:sub(1, 1) == "/") end,
+                                    "a path such as /api/backend/switch, or null" },
+    ["manager.app.status_path"] = { function(v) return v == cm.json.null or (str(v) and v:sub(1, 1) == "/") end,
+                                    "a path such as /api/backend/status, or null" },
     ["manager.start_timeout"] = { positive, "a positive number of seconds" },
     ["manager.stop_timeout"] = { positive, "a positive number of seconds" },
     ["manager.health_path"] = { opt_str, "a path such as /health, or null" },
@@ -83,6 +89,8 @@ local schema = {
                                    "a whole number >= 1" },
     ["manager.fallback_cooldown"] = { function(v) return type(v) == "number" and v >= 0 end,
                                       "a number of seconds >= 0" },
+    ["manager.failback_after"] = { function(v) return math.type(v) == "integer" and v >= 1 end,
+                                   "a whole number >= 1" },
     ["manager.log_keep"] = { function(v) return math.type(v) == "integer" and v >= 1 end,
                              "a whole number >= 1" },
     ["manager.log_max_bytes"] = { nonneg_int, "a whole number of bytes >= 0 (0: no cap)" },
@@ -147,6 +155,12 @@ function M:get(key)
         if v ~= nil and v ~= cm.json.null then return overlay(default, v) end
     end
     return default
+end
+
+-- A key whose JSON null means "off" (not "the default"): nil then.
+function M:optional(key)
+    if self.cfg and self.cfg:get(key) == cm.json.null then return nil end
+    return self:get(key)
 end
 
 -- The sections the keys above live in: a section that is not an object

@@ -52,6 +52,11 @@ function Supervisor:snapshot()
         port = self.port,
         url = ("http://localhost:%d"):format(self.port),
         backend = self.settings:get("backend.active"),
+        -- The backend the app serves with: runtime state, never config.json.
+        serving = ctx.serving or self.settings:get("backend.active"),
+        serving_by = ctx.serving_by,
+        serving_reason = ctx.serving_reason,
+        serving_since = ctx.serving_since,
         restarts = ctx.restarts,
         last_exit = ctx.last_exit,
         retry_at = ctx.retry_at,
@@ -96,7 +101,8 @@ function actions.spawn_app(sv)
     ctx.attempt = (ctx.attempt or 0) + 1
     -- The app reads its port (and backend) from its config file, so an
     -- override reaches it through run/app-config.json.
-    local config_file, cerr = app.config_for(sv.settings, sv.inst, { port = sv.port })
+    local config_file, cerr = app.config_for(sv.settings, sv.inst,
+        { port = sv.port, backend = ctx.serving })
     if not config_file then
         sv:log("cannot write the app's config: %s", cerr)
         ctx.pid, ctx.pid_start = nil, nil
@@ -469,8 +475,13 @@ function M.run(opts)
         ready_fd = opts.ready_fd,
         done = cm.task.event(),
         ctx = { policy = restart.policy, restarts = 0, max_restarts = restart.max_restarts,
-                ever_ready = false },
+                ever_ready = false, started_at = cm.time.wall() },
     }, Supervisor)
+    if opts.serving and opts.serving ~= settings:get("backend.active") then
+        -- start's fallback policy chose another backend than config.json's.
+        require("health").set_serving(sv, opts.serving, "start", opts.serving_reason or "chosen at start")
+        sv.ctx.last_switch, sv.ctx.last_switch_by = cm.time.wall(), "policy"
+    end
     cm.set_error_handler(function(msg) sv:log("error: %s", msg) end)
 
     local bound = {}

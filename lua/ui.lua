@@ -81,6 +81,18 @@ function M.error(fmt, ...)
     io.stderr:write(M.paint("red", "[ERROR]") .. " " .. text .. "\n")
 end
 
+-- Text from the network or from files made safe to print: control
+-- characters (C0, DEL and the C1 range, which can move the cursor, clear the
+-- screen or start a forged "[INFO]" line) become visible escapes (\n, \t,
+-- \x1b); everything else, UTF-8 included, is kept.
+local named = { ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
+function M.clean(text)
+    text = tostring(text)
+    if not text:find("[%c\127\194]") then return text end
+    text = text:gsub("[%c\127]", function(c) return named[c] or ("\\x%02x"):format(c:byte()) end)
+    return (text:gsub("\194([\128-\159])", function(c) return ("\\u%04x"):format(c:byte()) end))
+end
+
 -- The old script's indicators: ✓ healthy, ✗ unhealthy, ? unknown.
 function M.indicator(healthy)
     if healthy == true then return M.paint("green", "✓ healthy") end

@@ -273,6 +273,8 @@ local wrong = {
     { "manager.app.cwd", "{}" },
     { "manager.app.env", '{"A": 1}' }, { "manager.app.env", '["A=1"]' },
     { "manager.app.venv", "true" }, { "manager.app.venv", "5" },
+    { "manager.app.switch_path", "5" }, { "manager.app.switch_path", '"api/backend/switch"' },
+    { "manager.app.status_path", "false" },
     { "manager.start_timeout", "0" },
     { "manager.stop_timeout", "-5" },
     { "manager.health_path", "5" },
@@ -285,6 +287,7 @@ local wrong = {
     { "manager.restart.reset_after", "[]" },
     { "manager.fallback_after", "0" },
     { "manager.fallback_cooldown", "-1" },
+    { "manager.failback_after", "0" },
     { "manager.log_keep", "0" },
     { "manager.log_max_bytes", "-1" },
     { "manager.log_backups", "1.5" },
@@ -536,16 +539,17 @@ for _, p in ipairs(policy_cases) do
         config = base({ policy = "policy.lua", auto_fallback = true, active = "llamacpp",
                         base_url = "http://127.0.0.1:${HTTP_PORT}" }),
         files = files, http = { mode = "ollama" },
-        message = { "Switched backend from 'llamacpp' to 'ollama'", "user policy failed: ", p[3],
-                    "the built-in policy decided", "Chat-O-Llama started successfully" },
-        changes = { ["config.json"] = '"active": "ollama"' }, after = { { "stop" } } })
+        message = { "Starting with backend 'ollama' instead of 'llamacpp' (config.json unchanged)",
+                    "user policy failed: ", p[3], "the built-in policy decided",
+                    "Chat-O-Llama started successfully" },
+        changes = { ["run/app-config.json"] = '"active": "ollama"' }, after = { { "stop" } } })
 end
 add("policy", { name = "a policy file that is a directory (start, built-in switches)", argv = { "start" },
     exit = 0, config = base({ policy = "policy.lua", auto_fallback = true, active = "llamacpp",
                               base_url = "http://127.0.0.1:${HTTP_PORT}" }),
     files = { ["policy.lua"] = { dir = true } }, http = { mode = "ollama" },
     message = { "user policy failed: ", "policy.lua", "the built-in policy decided" },
-    changes = { ["config.json"] = '"active": "ollama"' }, after = { { "stop" } } })
+    changes = { ["run/app-config.json"] = '"active": "ollama"' }, after = { { "stop" } } })
 add("policy", { name = "a policy file that is a FIFO (must not block start)", argv = { "start" }, exit = 0,
     config = base({ policy = "policy.lua", auto_fallback = true }), files = { ["policy.lua"] = { fifo = true } },
     message = { "policy.lua", "Chat-O-Llama started successfully" }, after = { { "stop" } }, timeout = 5000 })

@@ -1,7 +1,9 @@
--- _supervise PORT: the detached supervisor launched by `start` (internal).
+-- _supervise PORT [BACKEND [WHY]]: the detached supervisor launched by
+-- `start` (internal); BACKEND is the one the app starts with when the
+-- fallback policy chose another than config.json's, for reason WHY.
 return {
     name = "_supervise",
-    usage = "_supervise PORT",
+    usage = "_supervise PORT [BACKEND [WHY]]",
     summary = "internal: the supervisor process launched by start",
     hidden = true,
     run = function(ctx, args)
@@ -10,6 +12,7 @@ return {
         local fd = math.tointeger(tonumber(cm.sys.getenv("CHAT_MANAGER_READY_FD") or ""))
         cm.sys.setenv("CHAT_MANAGER_READY_FD", nil)
         if fd then cm.sys.cloexec(fd) end
-        return require("supervisor").run({ root = ctx.root, port = port, ready_fd = fd })
+        return require("supervisor").run({ root = ctx.root, port = port, ready_fd = fd,
+                                           serving = args[2], serving_reason = args[3] })
     end,
 }

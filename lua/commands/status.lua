@@ -65,6 +65,9 @@ local function collect(ctx)
     report.orphans = orphans
     if settings then
         report.active_backend = settings:get("backend.active")
+        -- The running app's own view, asked while the backends are looked at.
+        local appapi = require("appapi")
+        local app_task = report.pid and report.state == "running" and cm.task.spawn(appapi.observe, settings)
         -- A check younger than health_check_interval (the supervisor's
         -- periodic one, or a command's) is shown with its age; else check
         -- now.  With a supervisor, one interval of slack covers its timing.
@@ -73,6 +76,11 @@ local function collect(ctx)
         report.backends, report.backends_age_s = backends.recall(settings,
             sup and 2 * interval or interval)
         if not report.backends then report.backends = backends.check_all(settings) end
+        local joined, app
+        if app_task then joined, app = app_task:join() end
+        local f = appapi.fields(settings, joined and app or nil)
+        report.configured_backend, report.serving_backend = f.configured, f.serving
+        report.backend_explanation, report.app_backends = f.explain, f.app
     end
     return report, settings
 end
@@ -128,7 +136,8 @@ local function print_report(r, settings)
         if r.backends_age_s then
             ui.say("Backends (checked %ds ago):", math.floor(r.backends_age_s))
         end
-        require("backends").print_section(settings, r.backends)
+        require("backends").print_section(settings, r.backends, { serving = r.serving_backend,
+            source = "the app says", explain = r.backend_explanation })
     end
 end
 
