@@ -307,40 +307,79 @@ int cmi_logs_count(const char *root, const char *needle)
     return n;
 }
 
-int cmi_http_status(int port, const char *path, int timeout_ms)
+/* One request to 127.0.0.1:port (bounded).  head_only: stop at the status
+ * line.  Returns the HTTP status or -1; *body gets the malloc'd body (when
+ * body is not NULL and an answer came). */
+static int http_request(int port, const char *method, const char *path, const char *json,
+                        int timeout_ms, int head_only, char **body)
 {
     double t0 = now_ms();
+    if (body != NULL) *body = NULL;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) return -1;
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     int status = -1;
+    char *resp = NULL;
+    size_t got = 0, cap = 4096;
     if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0 && errno != EINPROGRESS) goto out;
     struct pollfd p = {fd, POLLOUT, 0};
     if (poll(&p, 1, timeout_ms) != 1) goto out;
     int err = 0;
     socklen_t elen = sizeof err;
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0 || err != 0) goto out;
-    char req[512];
+    char req[8192];
     int rl = snprintf(req, sizeof req,
-                      "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", path);
-    if (send(fd, req, (size_t)rl, MSG_NOSIGNAL) != rl) goto out;
-    char resp[256];
-    size_t got = 0;
-    while (got < sizeof resp - 1) {
+                      "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                      "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+                      method, path, json ? strlen(json) : 0, json ? json : "");
+    if (rl <= 0 || rl >= (int)sizeof req) goto out;
+    size_t sent = 0;
+    while (sent < (size_t)rl) {
+        int left = timeout_ms - (int)(now_ms() - t0);
+        if (left <= 0 || poll(&p, 1, left) != 1) goto out;
+        ssize_t n = send(fd, req + sent, (size_t)rl - sent, MSG_NOSIGNAL);
+        if (n <= 0 && errno != EAGAIN) goto out;
+        if (n > 0) sent += (size_t)n;
+    }
+    resp = malloc(cap);
+    if (resp == NULL) goto out;
+    for (;;) {
+        if (got + 1 >= cap) {
+            char *more = realloc(resp, cap * 2);
+            if (more == NULL) break;
+            resp = more;
+            cap *= 2;
+        }
         int left = timeout_ms - (int)(now_ms() - t0);
         p.events = POLLIN;
         if (left <= 0 || poll(&p, 1, left) != 1) break;
-        ssize_t n = read(fd, resp + got, sizeof resp - 1 - got);
+        ssize_t n = read(fd, resp + got, cap - 1 - got);
         if (n <= 0) break;
         got += (size_t)n;
         resp[got] = '\0';
-        if (strstr(resp, "\r\n")) break;
+        if (head_only && strstr(resp, "\r\n")) break;
     }
     resp[got] = '\0';
     int code;
     if (sscanf(resp, "HTTP/1.%*d %d", &code) == 1) status = code;
+    if (body != NULL && status > 0) {
+        const char *start = strstr(resp, "\r\n\r\n");
+        *body = strdup(start ? start + 4 : "");
+    }
 out:
+    free(resp);
     close(fd);
     return status;
+}
+
+int cmi_http_status(int port, const char *path, int timeout_ms)
+{
+    return http_request(port, "GET", path, NULL, timeout_ms, 1, NULL);
+}
+
+int cmi_http(int port, const char *method, const char *path, const char *json, int timeout_ms,
+             char **body)
+{
+    return http_request(port, method, path, json, timeout_ms, 0, body);
 }

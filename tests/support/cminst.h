@@ -62,5 +62,10 @@ int cmi_count(const char *text, const char *needle);
 
 /* GET path from 127.0.0.1:port; the HTTP status, or -1 (bounded). */
 int cmi_http_status(int port, const char *path, int timeout_ms);
+/* METHOD path with an optional JSON body, read until the server closes
+ * (Connection: close; bounded).  Returns the status or -1; *body gets the
+ * malloc'd response body (raw: a chunked one keeps its chunk lines). */
+int cmi_http(int port, const char *method, const char *path, const char *json, int timeout_ms,
+             char **body);
 
 #endif
