@@ -102,6 +102,11 @@ function M.status(settings, port)
                 if status == "available" then healthy = true
                 elseif status == "unavailable" or status == "error" then healthy = false end
                 view.backends[name] = { status = status, healthy = healthy }
+                local info = type(b.backend_info) == "table" and b.backend_info or {}
+                if str(info.current_model) then
+                    view.models = view.models or {}
+                    view.models[name] = info.current_model
+                end
             end
         end
     end

@@ -310,6 +310,18 @@ function M.format_line(name, result)
     return "  " .. pad(name, M.NAME_WIDTH) .. pad(ui.indicator(result.healthy), M.INDICATOR_WIDTH) .. text
 end
 
+-- The facts a backend module shows under its verdict (its details(result,
+-- opts) function, optional), with control characters escaped.
+function M.detail_lines(root, name, result, opts)
+    local mod = M.get(root, name)
+    if not mod or type(mod.details) ~= "function" then return {} end
+    local ok, lines = pcall(mod.details, result, opts or {})
+    if not ok or type(lines) ~= "table" then return {} end
+    local out = {}
+    for i, line in ipairs(lines) do out[i] = ui.clean(line) end
+    return out
+end
+
 -- The hint's lines, each a troubleshooting step.
 function M.hint_lines(result)
     local lines = {}
@@ -323,7 +335,8 @@ end
 -- opts: { active = name (default backend.active), hints = bool (print the
 -- troubleshooting lines under backends that are not healthy), title = text,
 -- serving = name the app serves with, source = where that comes from,
--- explain = why serving and configured differ }.
+-- explain = why serving and configured differ, details = print each
+-- backend's facts (details(result, { current = app_models[name] })) }.
 function M.print_section(settings, results, opts)
     opts = opts or {}
     local active = opts.active or settings:get("backend.active")
@@ -334,6 +347,12 @@ function M.print_section(settings, results, opts)
         if r == nil or listed[name] then return end
         listed[name] = true
         ui.say("%s", M.format_line(name, r))
+        if opts.details then
+            local current = opts.app_models and opts.app_models[name]
+            for _, line in ipairs(M.detail_lines(settings.root, name, r, { current = current })) do
+                ui.say("      %s", line)
+            end
+        end
         if opts.hints and r.healthy ~= true then
             for _, line in ipairs(M.hint_lines(r)) do ui.say("      - %s", line) end
         end

@@ -430,6 +430,9 @@ static int read_metadata(reader_t *r, cm_gguf_info_t *out, uint64_t *alignment)
         } else if (strcmp(key, "general.file_type") == 0) {
             rc = read_integer(r, type, &v, &ok, what);
             if (rc == 0 && ok) out->file_type = v;
+        } else if (strcmp(key, "general.parameter_count") == 0) {
+            rc = read_integer(r, type, &v, &ok, what);
+            if (rc == 0 && ok && v > 0) out->parameter_count = v;
         } else if (strcmp(key, "general.alignment") == 0) {
             rc = read_integer(r, type, &v, &ok, what);
             if (rc == 0 && ok) {
@@ -505,6 +508,7 @@ int cm_gguf_read(const char *path, cm_gguf_info_t *out, char *err, size_t errlen
     memset(out, 0, sizeof(*out));
     out->file_type = -1;
     out->context_length = -1;
+    out->parameter_count = -1;
     if (errlen > 0) err[0] = '\0';
 
     /* O_NONBLOCK keeps a FIFO at this path from blocking the open. */

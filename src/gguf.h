@@ -19,16 +19,17 @@
 #define CM_GGUF_INVALID (-1)
 
 typedef struct cm_gguf_info {
-    uint32_t version;       /* 2 or 3 */
-    uint64_t tensor_count;  /* tensors the header announces */
-    uint64_t kv_count;      /* metadata pairs */
-    uint64_t size;          /* the file's size in bytes */
-    char architecture[64];  /* general.architecture, "" when absent */
-    char name[256];         /* general.name (cut to fit), "" when absent */
-    char size_label[64];    /* general.size_label ("7B"), "" when absent */
-    int64_t file_type;      /* general.file_type, -1 when absent */
-    char quantization[32];  /* its name ("Q4_K_M", "type 99"), "" when absent */
-    int64_t context_length; /* <architecture>.context_length, -1 when absent */
+    uint32_t version;        /* 2 or 3 */
+    uint64_t tensor_count;   /* tensors the header announces */
+    uint64_t kv_count;       /* metadata pairs */
+    uint64_t size;           /* the file's size in bytes */
+    char architecture[64];   /* general.architecture, "" when absent */
+    char name[256];          /* general.name (cut to fit), "" when absent */
+    char size_label[64];     /* general.size_label ("7B"), "" when absent */
+    int64_t file_type;       /* general.file_type, -1 when absent */
+    char quantization[32];   /* its name ("Q4_K_M", "type 99"), "" when absent */
+    int64_t context_length;  /* <architecture>.context_length, -1 when absent */
+    int64_t parameter_count; /* general.parameter_count, -1 when absent */
 } cm_gguf_info_t;
 
 /* Reads the header and metadata of the GGUF file at `path` into *out.

@@ -39,6 +39,8 @@ static int gguf_read(lua_State *L)
     set_text(L, "quantization", info.quantization);
     if (info.file_type >= 0) cm_set_int(L, "file_type", (lua_Integer)info.file_type);
     if (info.context_length >= 0) cm_set_int(L, "context_length", (lua_Integer)info.context_length);
+    if (info.parameter_count > 0)
+        cm_set_int(L, "parameter_count", (lua_Integer)info.parameter_count);
     return 1;
 }
 

@@ -82,11 +82,12 @@ static char *config_text(fixture_t *f, const char *active)
     return text;
 }
 
-static void start_http(fixture_t *f)
+static void start_http(fixture_t *f, const char *mode)
 {
     char *bin = cmt_fixture("fake-http");
     char *port_file = cmt_path(f->root, "http.port");
-    const char *argv[] = {bin, "--port", "0", "--port-file", port_file, "--mode", "ollama", NULL};
+    unlink(port_file);
+    const char *argv[] = {bin, "--port", "0", "--port-file", port_file, "--mode", mode, NULL};
     f->http_pid = cmt_spawn(argv, NULL, NULL);
     assert_int_equal(cmt_wait_file(port_file, 5000), 0);
     char *text = cmt_read_file(port_file, NULL);
@@ -108,7 +109,7 @@ static int setup(void **state)
     fixture_t *f = calloc(1, sizeof *f);
     f->root = cmt_tempdir();
     f->config = cmt_path(f->root, "config.json");
-    start_http(f);
+    start_http(f, "ollama");
     char *text = config_text(f, "ollama");
     cmt_write_file(f->config, text);
     free(text);
@@ -446,6 +447,59 @@ static void test_help_lists_subcommands(void **state)
     cmt_result_free(&r);
 }
 
+/* backend status shows the facts at a glance: Ollama's version and models
+ * with sizes, each GGUF model's architecture, parameters, quantisation and
+ * context length. */
+static void test_status_facts(void **state)
+{
+    fixture_t *f = *state;
+    char *src = cmt_fixture("gguf/valid-v3.gguf");
+    size_t len = 0;
+    char *bytes = cmt_read_file(src, &len);
+    assert_non_null(bytes);
+    write_in_root(f, "models/tiny.gguf", "");
+    char *dst = cmt_path(f->root, "models/tiny.gguf");
+    FILE *out = fopen(dst, "wb");
+    assert_non_null(out);
+    assert_int_equal(fwrite(bytes, 1, len, out), len);
+    fclose(out);
+    cmt_result_t r = cmt_cm(f->root, NULL, RUN_MS, "backend", "status", NULL);
+    assert_int_equal(r.code, 0);
+    contains(r.out, "      Version: 0.5.7\n");
+    contains(r.out, "llama3.2:1b                    1.3 GB  1.2B Q8_0");
+    contains(r.out, "qwen2.5:0.5b                   398 MB  494.03M Q4_K_M");
+    contains(r.out, "tiny.gguf  Tiny Test (llama, 1B, 1.24B parameters, Q8_0, ");
+    contains(r.out, ", GGUF v3, context 4096");
+    cmt_result_free(&r);
+    free(dst);
+    free(bytes);
+    free(src);
+}
+
+/* Model names from the network are printed with control characters
+ * escaped: no screen clearing, no forged [INFO] line. */
+static void test_hostile_names_escaped(void **state)
+{
+    fixture_t *f = *state;
+    stop_http(f);
+    start_http(f, "hostile");
+    char *text = config_text(f, "ollama");
+    cmt_write_file(f->config, text);
+    free(text);
+    static const char *const cmds[][3] = {{"backend", "status", NULL},
+                                          {"backend", "health", "ollama"}};
+    for (int i = 0; i < 2; i++) {
+        cmt_result_t r = cmt_cm(f->root, NULL, RUN_MS, cmds[i][0], cmds[i][1], cmds[i][2], NULL);
+        assert_int_equal(r.code, 0);
+        if (strchr(r.out, '\x1b') != NULL)
+            fail_msg("an escape byte reached the output:\n%s", r.out);
+        if (strstr(r.out, "\n[INFO] forged") != NULL) fail_msg("a forged line:\n%s", r.out);
+        contains(r.out, "\\x1b[2J\\x1b[Hwiped");
+        contains(r.out, "evil\\n[INFO] forged line");
+        cmt_result_free(&r);
+    }
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -463,6 +517,8 @@ int main(void)
         T(test_switch_user_backend),
         T(test_usage_errors),
         T(test_help_lists_subcommands),
+        T(test_status_facts),
+        T(test_hostile_names_escaped),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

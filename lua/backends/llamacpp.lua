@@ -214,9 +214,18 @@ local function scan_models(dir)
     return valid, invalid
 end
 
+-- 1235814400 -> "1.24B parameters"
+local function parameters(n)
+    if not math.type(n) or n <= 0 then return nil end
+    for _, u in ipairs({ { 1e12, "T" }, { 1e9, "B" }, { 1e6, "M" }, { 1e3, "K" } }) do
+        if n >= u[1] then return ("%.3g%s parameters"):format(n / u[1], u[2]) end
+    end
+    return ("%d parameters"):format(n)
+end
+
 local function describe_model(m)
     local parts = {}
-    for _, v in ipairs({ m.architecture, m.size_label, m.quantization }) do
+    for _, v in ipairs({ m.architecture, m.size_label, parameters(m.parameter_count), m.quantization }) do
         if type(v) == "string" and v ~= "" then parts[#parts + 1] = v end
     end
     parts[#parts + 1] = backends.format_size(m.size)
@@ -303,7 +312,8 @@ function M.check(settings)
     for i, m in ipairs(valid) do
         info.models[i] = { file = m.file, name = m.name, architecture = m.architecture,
                            size_label = m.size_label, quantization = m.quantization,
-                           context_length = m.context_length, version = m.version, size = m.size }
+                           context_length = m.context_length, version = m.version, size = m.size,
+                           parameter_count = m.parameter_count }
     end
 
     -- A problem is definite (unhealthy) or an open question (unknown).
@@ -371,9 +381,11 @@ function M.check(settings)
              hint = #hints > 0 and table.concat(hints, "\n") or nil }
 end
 
--- The lines `backend health llamacpp` prints under its verdict.
-function M.details(result)
+-- The lines `backend health llamacpp` and `backend status` print under its
+-- verdict.  opts.current: the model the running app has loaded (marked *).
+function M.details(result, opts)
     local info, lines = result.info or {}, {}
+    local current = opts and opts.current
     if info.python then
         lines[#lines + 1] = ("Python:  %s%s"):format(info.python,
             info.llama_cpp and (" (llama_cpp %s%s)"):format(info.llama_cpp,
@@ -381,9 +393,11 @@ function M.details(result)
     end
     if info.model_path then lines[#lines + 1] = "Models:  " .. info.model_path end
     for _, m in ipairs(info.models or {}) do
-        lines[#lines + 1] = ("  %s  %s, GGUF v%s%s"):format(m.file, describe_model(m), tostring(m.version),
-            (math.type(m.context_length) and m.context_length > 0)
-                and (", context " .. m.context_length) or "")
+        local loaded = current ~= nil and (current == m.file or current == m.name or
+            current == (m.file or ""):gsub("%.gguf$", ""))
+        lines[#lines + 1] = ("%s %s  %s, GGUF v%s%s%s"):format(loaded and "*" or " ", m.file, describe_model(m),
+            tostring(m.version), (math.type(m.context_length) and m.context_length > 0)
+                and (", context " .. m.context_length) or "", loaded and " (loaded by the app)" or "")
     end
     for _, x in ipairs(info.invalid or {}) do
         lines[#lines + 1] = ("  %s  not counted: %s"):format(x.file, x.why)

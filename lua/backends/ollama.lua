@@ -138,10 +138,12 @@ function M.check(settings)
     }
 end
 
--- The lines `backend health ollama` prints under its verdict.
+-- The lines `backend health ollama` and `backend status` print under its
+-- verdict: the version and every model with its size.
 function M.details(result)
     local info, lines = result.info or {}, {}
     if info.url then lines[#lines + 1] = "URL:     " .. info.url end
+    if info.version then lines[#lines + 1] = "Version: " .. info.version end
     for _, m in ipairs(info.models or {}) do
         local extra = {}
         for _, v in ipairs({ m.parameter_size, m.quantization }) do extra[#extra + 1] = v end

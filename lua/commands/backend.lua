@@ -60,7 +60,8 @@ local function status(ctx, args)
                   explanation = f.explain, app = f.app,
                   order = backends.names(ctx.root, s), backends = out })
     else
-        backends.print_section(s, results, { serving = f.serving, source = "the app says", explain = f.explain })
+        backends.print_section(s, results, { serving = f.serving, source = "the app says", explain = f.explain,
+            details = true, app_models = app and app.view and app.view.models })
     end
     return EXIT_OK
 end
@@ -79,13 +80,7 @@ local function health(ctx, args)
         ui.json(out)
     else
         ui.say("%s", backends.format_line(name, r))
-        local mod = backends.get(ctx.root, name)
-        if type(mod.details) == "function" then
-            local ok, lines = pcall(mod.details, r)
-            if ok and type(lines) == "table" then
-                for _, line in ipairs(lines) do ui.say("    %s", ui.clean(line)) end
-            end
-        end
+        for _, line in ipairs(backends.detail_lines(ctx.root, name, r)) do ui.say("    %s", line) end
         local hints = backends.hint_lines(r)
         if r.healthy ~= true and #hints > 0 then
             ui.say("Troubleshooting:")
