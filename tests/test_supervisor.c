@@ -238,6 +238,34 @@ static void dead_ollama_falls_back_to_llamacpp_once(void **state)
     world_free(w);
 }
 
+/* backend switch with an app that has no switch endpoint (the fixture app
+ * answers its path with plain text): config.json is written, the app is
+ * left alone and told to restart; with --restart it is restarted. */
+static void switch_without_endpoint_needs_a_restart(void **state)
+{
+    (void)state;
+    world_t *w = world_new("3600", NULL);
+    cmt_result_t r = cmt_cm(w->root, env_llama_ok, 30000, "start", NULL);
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+    int pid = state_pid(w->root);
+    r = cmt_cm(w->root, env_llama_ok, 30000, "backend", "switch", "llamacpp", NULL);
+    assert_int_equal(r.code, 0);
+    assert_non_null(strstr(r.out, "the app has no switch endpoint"));
+    assert_non_null(strstr(r.out, "Restart the application to apply"));
+    cmt_result_free(&r);
+    assert_int_equal(state_pid(w->root), pid); /* no restart */
+
+    r = cmt_cm(w->root, env_llama_ok, 60000, "backend", "switch", "ollama", "--restart", NULL);
+    assert_int_equal(r.code, 0);
+    assert_non_null(strstr(r.out, "the app has no switch endpoint"));
+    assert_non_null(strstr(r.out, "restarting it"));
+    cmt_result_free(&r);
+    assert_int_equal(wait_backend(w->port, "ollama", 15000), 0);
+    assert_int_not_equal(state_pid(w->root), pid);
+    world_free(w);
+}
+
 /* USR1 checks the backends at once: with an hour-long interval, two USR1
  * (fallback_after = 2) are what makes it switch. */
 static void usr1_checks_backends_now(void **state)
@@ -365,6 +393,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(dead_ollama_falls_back_to_llamacpp_once),
         cmocka_unit_test(usr1_checks_backends_now),
+        cmocka_unit_test(switch_without_endpoint_needs_a_restart),
         cmocka_unit_test(hup_restarts_the_app),
         cmocka_unit_test(old_session_logs_are_pruned),
         cmocka_unit_test(force_stop_kills_only_marked_processes),
