@@ -35,6 +35,22 @@ local function ctx(over)
     return c
 end
 
+-- docs/backends.md's complete example, word for word.
+local DOCS_EXAMPLE = [[
+return function(ctx, builtin)
+    local d = builtin(ctx)
+    if d.action == "switch" and d.to == ctx.configured and ctx.active ~= ctx.configured then
+        return { action = "keep", reason = "no automatic failback; serving with " .. ctx.active }
+    end
+    if d.action == "switch" and ctx.health.llamacpp == true and ctx.active ~= "llamacpp" then
+        d.to = "llamacpp"
+    end
+    local hour = math.floor(ctx.now % 86400 / 3600) -- UTC
+    if d.action == "switch" and ctx.why == "health" and (hour < 6) then d.how = "restart" end
+    return d
+end
+]]
+
 local SWITCH_TO_LLAMACPP = { action = "switch", to = "llamacpp", how = "live" }
 
 return {
@@ -228,6 +244,21 @@ end
       ctx = ctx { active = "llamacpp", health = { ollama = true, llamacpp = true },
                   failures = 0, configured_healthy = 9 },
       expect = { action = "keep", reason = "^no failback: staying on llamacpp$" } },
+    -- The complete example of docs/backends.md.
+    { name = "user policy: the documented example restarts at night (03:46 UTC)",
+      file = "docs-example.lua", policy = DOCS_EXAMPLE,
+      ctx = ctx { order = { "ollama", "custom", "llamacpp" },
+                  health = { ollama = false, custom = true, llamacpp = true } },
+      expect = { action = "switch", to = "llamacpp", how = "restart", reason = "failed 2 consecutive checks" } },
+    { name = "user policy: the documented example switches live by day",
+      file = "docs-example.lua", policy = DOCS_EXAMPLE,
+      ctx = ctx { now = 100000 + 10 * 3600 },
+      expect = { action = "switch", to = "llamacpp", how = "live" } },
+    { name = "user policy: the documented example does not fail back",
+      file = "docs-example.lua", policy = DOCS_EXAMPLE,
+      ctx = ctx { active = "llamacpp", health = { ollama = true, llamacpp = true },
+                  failures = 0, configured_healthy = 9 },
+      expect = { action = "keep", reason = "^no automatic failback; serving with llamacpp$" } },
     { name = "user policy: chooses how a switch reaches the app",
       file = "restart-always.lua",
       policy = [[

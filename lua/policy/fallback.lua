@@ -2,7 +2,7 @@
 -- the backend the app serves with, switch to another (a fallback), or go
 -- back to the configured one (a failback).  A switch is runtime state: the
 -- caller switches the running app and records it in run/state.json; the
--- policy never edits config.json.  docs/policy.md has the formats with
+-- policy never edits config.json.  docs/backends.md has the formats with
 -- worked examples.
 --
 -- ctx = {
