@@ -352,7 +352,7 @@ local function model(bytes) return { ["models/x.gguf"] = { raw = bytes } } end
 local NOT_COUNTED = "x.gguf  not counted: "
 
 gguf_row("control: the fixture valid-v3.gguf is healthy",
-    { ["models/x.gguf"] = { fixture = "gguf/valid-v3.gguf" } }, 0, "Tiny Test (llama, 1B, Q8_0, 464 B)")
+    { ["models/x.gguf"] = { fixture = "gguf/valid-v3.gguf" } }, 0, "Tiny Test (llama, 1B, 1.24B parameters, Q8_0, 464 B)")
 gguf_row("control: the spec's own valid file is healthy", model(gguf()), 0, "1 model (x.gguf)")
 for _, f in ipairs({
     { "truncated.gguf", "truncated at byte 89 while reading the type of 'general.name'" },

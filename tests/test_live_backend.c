@@ -112,6 +112,19 @@ static int wait_serving(world_t *w, const char *want, int timeout_ms)
     return -1;
 }
 
+/* Waits (bounded) until the session logs hold needle: the supervisor logs
+ * a switch once its request has returned, which may be just after the app
+ * already answers with the new backend. */
+static int wait_log(world_t *w, const char *needle, int timeout_ms)
+{
+    double t0 = cmt_now_ms();
+    while (cmi_logs_count(w->root, needle) < 1) {
+        if (cmt_now_ms() - t0 > timeout_ms) return -1;
+        usleep(50 * 1000);
+    }
+    return 0;
+}
+
 static int app_pid(world_t *w)
 {
     cJSON *st = cmi_read_state(w->root);
@@ -294,7 +307,7 @@ static void fallback_live_and_failback(void **state)
     char *still = conversation(w, conv);
     assert_string_equal(still, kept);
     free(still);
-    assert_true(cmi_logs_count(w->root, "backend switched from 'ollama' to 'llamacpp' live") >= 1);
+    assert_int_equal(wait_log(w, "backend switched from 'ollama' to 'llamacpp' live", 10000), 0);
 
     /* status --json: configured, serving and why. */
     r = cmt_cm(w->root, w->env, 90000, "--json", "status", NULL);
@@ -323,7 +336,7 @@ static void fallback_live_and_failback(void **state)
     after = read_config(w);
     assert_string_equal(after, before);
     free(after);
-    assert_true(cmi_logs_count(w->root, "failback") >= 1);
+    assert_int_equal(wait_log(w, "failback", 10000), 0);
     chat_once(w);
 
     free(kept);
