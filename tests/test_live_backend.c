@@ -366,6 +366,9 @@ static void switch_is_live(void **state)
     char *cfg = read_config(w);
     assert_non_null(strstr(cfg, "\"active\": \"llamacpp\""));
     free(cfg);
+    /* The supervisor hears of it at once (USR1) and records the user's
+     * choice, which its fallback leaves alone within the cooldown. */
+    assert_int_equal(wait_log(w, "chosen by the user", 10000), 0);
 
     /* An unhealthy backend: config.json is written, the app stays. */
     stop_ollama(w);
