@@ -64,9 +64,15 @@ function M.switch(settings, port, name)
                  error = ("%s answered HTTP %d without JSON"):format(path, r.status) }
     end
     local current = str(doc.current_backend)
-    if r.status >= 200 and r.status < 300 and doc.status ~= "error" and (current == nil or current == name) then
+    local ok = r.status >= 200 and r.status < 300
+    if ok and doc.status ~= "error" and (current == name or (current == nil and doc.status == "success")) then
         return { outcome = doc.switched == false and "already" or "switched", serving = name,
                  status = r.status, message = str(doc.message) }
+    end
+    if ok and doc.status ~= "error" and current == nil then
+        -- JSON, but not the endpoint's answer (a catch-all page of the app).
+        return { outcome = "missing", status = r.status,
+                 error = ("%s answered without saying which backend it serves"):format(path) }
     end
     return { outcome = "refused", status = r.status, serving = current, error = app_error(doc, r.status) }
 end
