@@ -402,6 +402,49 @@ function M.stop(ctx)
     return M.with_lock(inst, function() return M.stop_locked(ctx, settings, inst) end, true)
 end
 
+-- A supervisor in the foreground (`run`) is the process a service manager
+-- or a container watches: restart asks it to restart the app (HUP) rather
+-- than ending it, and waits until the app runs again (a new PID) or fails.
+local function restart_in_place(settings, inst, sup, port)
+    local st = inst:read_state() or {}
+    if port ~= st.port then
+        ui.error("the supervisor (PID %d) runs in the foreground ('run') on port %s: " ..
+            "restart its service to change the port", sup, tostring(st.port))
+        return EXIT_FAIL
+    end
+    local old = st.pid
+    ui.info("Restarting Chat-O-Llama (PID %s) in its supervisor (PID %d)...", tostring(old or "-"), sup)
+    local watcher = cm.fs.watch(inst.run_dir)
+    cm.proc.kill(sup, "HUP")
+    local limit = (settings:get("manager.stop_timeout") + settings:get("manager.start_timeout") + 10) * 1000
+    local deadline = cm.time.now() + limit
+    local code, why = nil, nil
+    repeat
+        st = inst:read_state() or {}
+        if st.state == "running" and st.pid and st.pid ~= old then
+            code = EXIT_OK
+        elseif st.state == "failed" then
+            code, why = EXIT_FAIL, st.last_exit and st.last_exit.text or "failed"
+        elseif not cm.proc.alive(sup) then
+            code, why = EXIT_FAIL, "the supervisor ended"
+        elseif cm.time.now() >= deadline then
+            code, why = EXIT_FAIL, ("not running again within %g s"):format(limit / 1000)
+        else
+            -- state.json is replaced by a rename: a change in run/ wakes us.
+            local wait_ms = math.min(500, deadline - cm.time.now())
+            if watcher then watcher:wait(wait_ms) else cm.time.sleep(wait_ms) end
+        end
+    until code
+    if watcher then watcher:close() end
+    if code ~= EXIT_OK then
+        ui.error("Chat-O-Llama failed to restart: %s", why)
+        show_log_tail(st.log or inst:newest_log(), 10)
+        return code
+    end
+    ui.info("Chat-O-Llama restarted (PID %d) in %s ms", st.pid, tostring(st.ready_ms or "?"))
+    return EXIT_OK
+end
+
 function M.restart(ctx, port_arg)
     local settings, inst = M.load(ctx)
     if not settings then return EXIT_FAIL end
@@ -420,6 +463,10 @@ function M.restart(ctx, port_arg)
     end
     if not check_root(settings, inst) then return EXIT_FAIL end
     return M.with_lock(inst, function()
+        local sup = M.supervisor_pid(inst)
+        if sup and (inst:read_state() or {}).foreground then
+            return restart_in_place(settings, inst, sup, port)
+        end
         local code = M.stop_locked(ctx, settings, inst)
         if code ~= EXIT_OK then return code end
         settings = settings_mod.load(ctx.root)

@@ -64,6 +64,12 @@ function M.follow(inst, path, offset, stop)
             end
         end
     end
+    -- What was written before the stop still belongs to the output (`run`
+    -- shows its supervisor's last lines).
+    if not reader_gone then
+        local rest = cm.fs.read_from(path, offset)
+        if rest and #rest > 0 then write_out(rest) end
+    end
     watcher:close()
     dir_watcher:close()
     if hangup then hangup:close() end

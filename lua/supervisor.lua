@@ -30,7 +30,9 @@ function Supervisor:log(fmt, ...)
         self.log_failed = err
         self:save_state()
     end
-    if self.foreground then io.stderr:write("[chat-manager] ", msg, "\n") end
+    -- In the foreground (`run`) the log is echoed to stdout as it grows; a
+    -- line that could not be logged is printed here instead (once, either way).
+    if not ok and self.foreground then io.stderr:write("[chat-manager] ", msg, "\n") end
 end
 
 -- Tells a waiting `start` how it went (once): "ready ..." or "failed ...".
@@ -65,6 +67,7 @@ function Supervisor:snapshot()
         log_error = self.log_failed,
         config_error = self.config_error,
         supervisor_pid = cm.sys.pid(),
+        foreground = self.foreground or nil,
         instance = self.inst.id,
         root = self.inst.root,
     }
@@ -355,6 +358,7 @@ function Supervisor:on_transition(from, event, to)
         detail = " (" .. ctx.last_exit.text .. ")"
     end
     self:log("%s -> %s on %s%s", from, to, event, detail)
+    if self.notifier then self.notifier:transition(to, detail) end
     if from ~= to and self.ctx.last_exit and to == "stopped" then
         -- After a clean stop, make sure nothing else holds the port.
         if not cm.net.port_free(self.port) then
@@ -430,6 +434,13 @@ function Supervisor:restart_app(reason)
     end
 end
 
+-- TERM or INT: stop the app and end.
+function Supervisor:stop_requested()
+    self.restart_requested = false
+    if self.notifier then self.notifier:stopping() end
+    self.machine:fire("stop")
+end
+
 -- ---- entry point ---------------------------------------------------------
 
 -- opts: root, port, foreground (bool), ready_fd (number or nil).
@@ -483,6 +494,9 @@ function M.run(opts)
         sv.ctx.last_switch, sv.ctx.last_switch_by = cm.time.wall(), "policy"
     end
     cm.set_error_handler(function(msg) sv:log("error: %s", msg) end)
+    if opts.foreground then
+        sv.notifier = require("sdnotify").from_environment(function(...) sv:log(...) end)
+    end
 
     local bound = {}
     for name, fn in pairs(actions) do
@@ -506,9 +520,12 @@ function M.run(opts)
         settings:get("manager.log_backups"), function(msg) sv:log("%s", msg) end)
 
     local handlers = {
-        cm.sys.on_signal("TERM", function() sv.restart_requested = false; machine:fire("stop") end),
-        cm.sys.on_signal("INT", function() sv.restart_requested = false; machine:fire("stop") end),
-        cm.sys.on_signal("HUP", function() sv:restart_app("SIGHUP") end),
+        cm.sys.on_signal("TERM", function() sv:stop_requested() end),
+        cm.sys.on_signal("INT", function() sv:stop_requested() end),
+        cm.sys.on_signal("HUP", function()
+            if sv.notifier then sv.notifier:reloading() end
+            sv:restart_app("SIGHUP")
+        end),
         cm.sys.on_signal("USR1", function() sv:check_backends() end),
         cm.sys.on_signal("CHLD", function() cm.proc.reap_orphans() end),
     }
@@ -521,6 +538,7 @@ function M.run(opts)
     for _, h in ipairs(handlers) do h:close() end
     if rotation then rotation:close() end
     if sv.health_timer then sv.health_timer:stop() end
+    if sv.notifier then sv.notifier:close() end
     sv:report("failed " .. (sv.ctx.last_exit and sv.ctx.last_exit.text or "supervisor stopped"))
     sv:save_state()
     sv:log("supervisor %d exiting (%s)", cm.sys.pid(), machine:state())

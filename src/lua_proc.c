@@ -803,6 +803,19 @@ static int l_has_marker(lua_State *L)
     return 1;
 }
 
+/* The working directory of a process (readlink /proc/PID/cwd): with its
+ * command line, what tells an app started by another tool apart. */
+static int l_cwd(lua_State *L)
+{
+    pid_t pid = check_pid(L, 1);
+    char link[64], buf[PATH_MAX];
+    snprintf(link, sizeof link, "/proc/%d/cwd", (int)pid);
+    ssize_t n = pid > 0 ? readlink(link, buf, sizeof buf - 1) : -1;
+    if (n < 0) return fail_errno(L, pid > 0 && errno != ENOENT ? errno : ESRCH, link);
+    lua_pushlstring(L, buf, (size_t)n);
+    return 1;
+}
+
 typedef struct pid_list {
     pid_t *pids;
     size_t n;
@@ -1264,6 +1277,7 @@ int cm__open_proc(lua_State *L)
         {"group_alive", l_group_alive},
         {"info", l_info},
         {"has_marker", l_has_marker},
+        {"cwd", l_cwd},
         {"list", l_list},
         {"wait_exit", l_wait_exit},
         {"wait_group", l_wait_group},

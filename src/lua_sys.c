@@ -12,7 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -106,6 +109,80 @@ static int l_exit(lua_State *L)
     fflush(stdout);
     fflush(stderr);
     _exit(code);
+}
+
+/* exec(argv, env): replaces this process (same PID) by argv[1] run with the
+ * environment table env.  Used by `run` to put the instance marker where
+ * /proc/PID/environ shows it: setenv changes only our copy in memory.
+ * Returns only on failure: nil, msg, code. */
+static int l_exec(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+    lua_Integer argc = luaL_len(L, 1);
+    luaL_argcheck(L, argc >= 1 && argc < 4096, 1, "argv must hold 1 to 4095 strings");
+    /* Userdata owned by the stack: a raise below frees them with the state. */
+    const char **argv = lua_newuserdatauv(L, sizeof(char *) * (size_t)(argc + 1), 0);
+    for (lua_Integer i = 1; i <= argc; i++) {
+        if (lua_rawgeti(L, 1, i) != LUA_TSTRING) return luaL_argerror(L, 1, "argv: strings only");
+        argv[i - 1] = lua_tostring(L, -1);
+        lua_pop(L, 1); /* the string stays alive: the argv table holds it */
+    }
+    argv[argc] = NULL;
+    lua_settop(L, 3); /* [argv, env, argv_ud] */
+    size_t envc = 0;
+    for (lua_pushnil(L); lua_next(L, 2) != 0; lua_pop(L, 1))
+        envc++;
+    const char **envp = lua_newuserdatauv(L, sizeof(char *) * (envc + 1), 0);
+    lua_createtable(L, (int)envc, 0); /* [argv, env, argv_ud, envp_ud, strings] */
+    size_t n = 0;
+    for (lua_pushnil(L); n < envc && lua_next(L, 2) != 0; lua_pop(L, 1)) {
+        /* [.., strings, key, value] */
+        if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+            return luaL_argerror(L, 2, "env: string names and values only");
+        lua_pushvalue(L, -2);
+        lua_pushliteral(L, "=");
+        lua_pushvalue(L, -3);
+        lua_concat(L, 3); /* [.., strings, key, value, "key=value"] */
+        envp[n] = lua_tostring(L, -1);
+        lua_rawseti(L, -4, (lua_Integer)++n); /* [.., strings, key, value] */
+    }
+    envp[n] = NULL;
+    fflush(stdout);
+    fflush(stderr);
+    execve(argv[0], (char *const *)argv, (char *const *)envp);
+    return cm_fail(L, "ENOEXEC", "cannot run %s: %s", argv[0], strerror(errno));
+}
+
+/* notify(address, text): one datagram to a service manager's notification
+ * socket (the documented sd_notify protocol; address is NOTIFY_SOCKET's
+ * value: an AF_UNIX path, or "@name" in the abstract namespace).  true when
+ * sent, else nil, msg, code. */
+static int l_notify(lua_State *L)
+{
+    const char *where = luaL_checkstring(L, 1);
+    size_t len;
+    const char *text = luaL_checklstring(L, 2, &len);
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    size_t plen = strlen(where);
+    if ((where[0] != '/' && where[0] != '@') || plen >= sizeof addr.sun_path)
+        return cm_fail(L, "EINVAL", "NOTIFY_SOCKET=%s: not a unix socket address", where);
+    memcpy(addr.sun_path, where, plen);
+    if (where[0] == '@') addr.sun_path[0] = '\0';
+    socklen_t alen =
+        (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen + (where[0] == '/' ? 1 : 0));
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return cm_fail(L, "EIO", "socket: %s", strerror(errno));
+    ssize_t sent;
+    do {
+        sent = sendto(fd, text, len, MSG_NOSIGNAL, (struct sockaddr *)&addr, alen);
+    } while (sent < 0 && errno == EINTR);
+    int err = errno;
+    close(fd);
+    if (sent < 0) return cm_fail(L, "EIO", "NOTIFY_SOCKET=%s: %s", where, strerror(err));
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
 /* ---- signals and hang-ups ---------------------------------------------- */
@@ -275,6 +352,8 @@ int cm__open_sys(lua_State *L)
                                    {"write", l_write},
                                    {"exit", l_exit},
                                    {"cloexec", l_cloexec},
+                                   {"exec", l_exec},
+                                   {"notify", l_notify},
                                    {"on_signal", l_on_signal},
                                    {"on_hangup", l_on_hangup},
                                    {NULL, NULL}};

@@ -1,6 +1,11 @@
 -- run [port]: the supervisor in the foreground, for systemd and containers.
 -- The app's output is shown on stdout too (by following the session log,
 -- so the app itself always writes to the file); TERM/INT stop it cleanly.
+--
+-- Every command recognises a supervisor by the instance marker in its
+-- /proc/PID/environ, which holds the environment the process was exec'd
+-- with: setenv cannot change it.  So `run` first re-execs itself, same PID
+-- (what systemd and a container runtime watch), with the marker added.
 
 local ui = require("ui")
 local settings_mod = require("settings")
@@ -37,7 +42,15 @@ return {
                 owner and (" by PID %d (%s)"):format(owner.pid, owner.name) or "")
             return 1
         end
-        cm.sys.setenv(instance_mod.MARKER, inst.id)
+        if cm.sys.getenv(instance_mod.MARKER) ~= inst.id then
+            local env = cm.sys.environ()
+            env[instance_mod.MARKER] = inst.id
+            local argv = { assert(cm.sys.exe()), "--root", ctx.root, "run", tostring(port) }
+            if ctx.no_color then argv[#argv + 1] = "--no-color" end
+            local _, xerr = cm.sys.exec(argv, env)
+            ui.error("%s", xerr)
+            return 1
+        end
         local stop_echo = cm.task.event()
         local sup = cm.task.spawn(function()
             return require("supervisor").run({ root = ctx.root, port = port, foreground = true })

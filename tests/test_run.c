@@ -1,0 +1,237 @@
+/*
+ * `run`, the supervisor in the foreground, as systemd and containers use it:
+ * every command sees and controls it like a detached one (its marker is in
+ * /proc/PID/environ), each event is printed once, and with NOTIFY_SOCKET it
+ * speaks the notify protocol.  A datagram socket in the test plays the
+ * service manager and checks every message.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "cminst.h"
+#include "cmtest.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef struct fixture {
+    char *root;
+    int port;
+    int sock;          /* the fake service manager's notify socket */
+    char address[108]; /* NOTIFY_SOCKET's value */
+    char *seen;        /* every message received, each followed by "|" */
+} fixture_t;
+
+/* A root running the fixture app, and a notify socket: a path in the root,
+ * or (abstract) a name in the abstract namespace. */
+static fixture_t *fixture_new(int abstract)
+{
+    fixture_t *f = calloc(1, sizeof *f);
+    f->root = cmt_tempdir();
+    f->port = cmt_free_port();
+    f->seen = calloc(1, 1);
+    char *app = cmt_fixture("fake-app");
+    char cfg[2048];
+    snprintf(cfg, sizeof cfg,
+             "{\n"
+             "  \"backend\": {\"active\": \"ollama\", \"auto_fallback\": false,"
+             " \"health_check_interval\": 3600},\n"
+             "  \"ollama\": {\"base_url\": \"http://127.0.0.1:1\"},\n"
+             "  \"server\": {\"port\": %d},\n"
+             "  \"manager\": {\"app\": {\"command\": [\"%s\"], \"env\": {\"FAKE_APP_MODE\": "
+             "\"instant\"}},\n"
+             "    \"start_timeout\": 10, \"stop_timeout\": 5, \"health_path\": \"/health\"}\n"
+             "}\n",
+             f->port, app);
+    free(app);
+    char *path = cmt_path(f->root, "config.json");
+    cmt_write_file(path, cfg);
+    free(path);
+
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    socklen_t len;
+    if (abstract) {
+        snprintf(f->address, sizeof f->address, "@cm-test-notify-%d-%d", (int)getpid(), f->port);
+        memcpy(addr.sun_path + 1, f->address + 1, strlen(f->address) - 1);
+        len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(f->address));
+    } else {
+        snprintf(f->address, sizeof f->address, "%s/notify", f->root);
+        snprintf(addr.sun_path, sizeof addr.sun_path, "%s", f->address);
+        len = sizeof addr;
+    }
+    f->sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    assert_true(f->sock >= 0);
+    assert_int_equal(bind(f->sock, (struct sockaddr *)&addr, len), 0);
+    return f;
+}
+
+/* Receives messages until one contains `needle` (bounded); every message
+ * is kept in f->seen.  1 when found. */
+static int wait_message(fixture_t *f, const char *needle, int timeout_ms)
+{
+    double t0 = cmt_now_ms();
+    for (;;) {
+        int left = timeout_ms - (int)(cmt_now_ms() - t0);
+        if (left <= 0) return 0;
+        struct pollfd p = {.fd = f->sock, .events = POLLIN};
+        if (poll(&p, 1, left) <= 0) continue;
+        char buf[4096];
+        ssize_t n = recv(f->sock, buf, sizeof buf - 1, 0);
+        if (n < 0) continue;
+        buf[n] = '\0';
+        size_t old = strlen(f->seen);
+        f->seen = realloc(f->seen, old + (size_t)n + 2);
+        memcpy(f->seen + old, buf, (size_t)n);
+        strcpy(f->seen + old + n, "|");
+        if (strstr(buf, needle) != NULL) return 1;
+    }
+}
+
+static void fixture_free(fixture_t *f)
+{
+    cmt_result_t r = cmt_cm(f->root, NULL, 30000, "force-stop", NULL);
+    cmt_result_free(&r);
+    close(f->sock);
+    cmt_rmtree(f->root);
+    free(f->root);
+    free(f->seen);
+    free(f);
+}
+
+/* The whole life of a `run` supervisor under a service manager. */
+static void run_under_a_service_manager(void **state)
+{
+    (void)state;
+    fixture_t *f = fixture_new(0);
+    char notify[160];
+    snprintf(notify, sizeof notify, "NOTIFY_SOCKET=%s", f->address);
+    const char *env[] = {notify, "WATCHDOG_USEC=200000", "CHAT_MANAGER_INSTANCE=not-this-one",
+                         NULL};
+    char *out = cmt_path(f->root, "run.out");
+    const char *argv[] = {cmt_env("CM_BINARY"), "--root", f->root, "run", NULL};
+    pid_t run = cmt_spawn(argv, env, out);
+
+    /* Ready: STATUS on each transition, READY=1 with running. */
+    assert_true(wait_message(f, "READY=1", 10000));
+    assert_non_null(strstr(f->seen, "STATUS=starting"));
+    assert_non_null(strstr(f->seen, "READY=1\nSTATUS=running (pid "));
+    int app = cmi_wait_state(f->root, "running", 2000);
+    assert_true(app > 0);
+    assert_int_equal(cmi_http_status(f->port, "/health", 2000), 200);
+
+    /* The watchdog is fed at half of WATCHDOG_USEC (every 100 ms). */
+    assert_true(wait_message(f, "WATCHDOG=1", 2000));
+    assert_true(wait_message(f, "WATCHDOG=1", 2000));
+
+    /* The marker is where other commands look for it: the process image's
+     * environment, same PID as the one the service manager started. */
+    char id[17];
+    cmi_instance_id(f->root, id);
+    assert_true(cmi_has_marker(run, id));
+    assert_int_equal(cmi_supervisor_pid(f->root), run);
+
+    /* status sees a supervised app. */
+    cmt_result_t r = cmt_cm(f->root, NULL, 30000, "status", NULL);
+    assert_int_equal(r.code, 0);
+    char want[64];
+    snprintf(want, sizeof want, "Supervisor: %d", (int)run);
+    assert_non_null(strstr(r.out, want));
+    assert_null(strstr(r.out, "supervisor is gone"));
+    cmt_result_free(&r);
+
+    /* restart restarts the app inside the same supervisor: RELOADING=1,
+     * then READY=1 again. */
+    r = cmt_cm(f->root, NULL, 30000, "restart", NULL);
+    assert_int_equal(r.code, 0);
+    assert_non_null(strstr(r.out, "restarted"));
+    cmt_result_free(&r);
+    assert_true(wait_message(f, "READY=1", 5000));
+    char *reloading = strstr(f->seen, "RELOADING=1\nMONOTONIC_USEC=");
+    assert_non_null(reloading);
+    assert_non_null(strstr(reloading, "READY=1"));
+    assert_true(cmt_pid_alive(run));
+    int app2 = cmi_wait_state(f->root, "running", 2000);
+    assert_true(app2 > 0 && app2 != app);
+    assert_false(cmt_pid_alive(app));
+
+    /* HUP, as `systemctl reload` sends it, does the same. */
+    kill(run, SIGHUP);
+    assert_true(wait_message(f, "RELOADING=1", 5000));
+    assert_true(wait_message(f, "READY=1", 5000));
+
+    /* stop ends it for good: STOPPING=1, exit 0, nothing restarted. */
+    r = cmt_cm(f->root, NULL, 30000, "stop", NULL);
+    assert_int_equal(r.code, 0);
+    assert_non_null(strstr(r.out, "Chat-O-Llama stopped"));
+    cmt_result_free(&r);
+    assert_true(wait_message(f, "STOPPING=1", 2000));
+    int st = cmt_wait_child(run, 10000);
+    assert_true(st != -1 && WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    assert_true(cmi_wait_lock_released(f->root, 2000));
+    assert_false(cmt_pid_alive(app2));
+    r = cmt_cm(f->root, NULL, 30000, "status", NULL);
+    assert_int_equal(r.code, 3);
+    cmt_result_free(&r);
+
+    /* Each event printed once: three starts, three lines (and all of the
+     * session log's lines, up to the supervisor's last). */
+    char *text = cmt_read_file(out, NULL);
+    assert_int_equal(cmi_count(text, "stopped -> starting on start"), 3);
+    assert_int_equal(cmi_count(text, "fake-app listening on"), 3);
+    assert_int_equal(cmi_count(text, "exiting (stopped)"), 1);
+    free(text);
+    free(out);
+    fixture_free(f);
+}
+
+/* An abstract-namespace NOTIFY_SOCKET ("@name"), and the variables are not
+ * passed on to the app. */
+static void run_notifies_an_abstract_socket_and_hides_it_from_the_app(void **state)
+{
+    (void)state;
+    fixture_t *f = fixture_new(1);
+    char notify[160];
+    snprintf(notify, sizeof notify, "NOTIFY_SOCKET=%s", f->address);
+    const char *env[] = {notify, NULL};
+    const char *argv[] = {cmt_env("CM_BINARY"), "--root", f->root, "run", NULL};
+    pid_t run = cmt_spawn(argv, env, NULL);
+    assert_true(wait_message(f, "READY=1", 10000));
+    int app = cmi_wait_state(f->root, "running", 2000);
+    assert_true(app > 0);
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/environ", app);
+    size_t len = 0;
+    char *environ_text = cmt_read_file(path, &len);
+    assert_non_null(environ_text);
+    int leaked = 0;
+    for (size_t i = 0; i < len; i += strlen(environ_text + i) + 1)
+        if (strncmp(environ_text + i, "NOTIFY_SOCKET=", 14) == 0) leaked = 1;
+    free(environ_text);
+    assert_false(leaked);
+    assert_null(strstr(f->seen, "WATCHDOG=1")); /* no WATCHDOG_USEC, no pings */
+    kill(run, SIGTERM);
+    assert_true(wait_message(f, "STOPPING=1", 5000));
+    int st = cmt_wait_child(run, 10000);
+    assert_true(st != -1 && WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    fixture_free(f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(run_under_a_service_manager),
+        cmocka_unit_test(run_notifies_an_abstract_socket_and_hides_it_from_the_app),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
