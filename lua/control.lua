@@ -193,10 +193,16 @@ function M.start_locked(ctx, settings, inst, port, lock)
             tostring(st.port or "?"))
         return EXIT_FAIL
     end
-    local app = inst:app()
+    local app = inst:app(settings)
     if app and app.alive then
-        ui.warn("Chat-O-Llama is already running without its supervisor (PID %d); " ..
-            "use 'chat-manager restart' to put it back under supervision", app.pid)
+        ui.warn("Chat-O-Llama is already running %s (PID %d); " ..
+            "use 'chat-manager restart' to put it under supervision",
+            app.adopted and "(started outside chat-manager, not supervised)" or "without its supervisor",
+            app.pid)
+        return EXIT_FAIL
+    end
+    if app and app.unproven then
+        M.warn_unproven(inst, app)
         return EXIT_FAIL
     end
     if app and cm.fs.exists(inst.pid_file) then
@@ -333,6 +339,60 @@ local function stop_unsupervised(settings, inst, app)
     return gone
 end
 
+-- process.pid names a live process that is not provably this checkout's
+-- app: it is left alone, and so is the pid file.
+function M.warn_unproven(inst, app)
+    ui.error("process.pid names PID %d, which is running but is not provably this checkout's app: " ..
+        "%s; left alone (remove %s if that process is not the app)", app.pid, app.unproven,
+        inst.pid_file)
+end
+
+-- The processes of an adopted app that does not lead its own group, still
+-- alive and the same (start time).
+local function live_members(tree)
+    local left = {}
+    for _, p in ipairs(tree) do
+        local info = cm.proc.info(p.pid)
+        if info and info.state ~= "Z" and info.start_time == p.start_time then left[#left + 1] = p end
+    end
+    return left
+end
+
+-- Signals an app started outside chat-manager: its group when it leads
+-- one, else it and its descendants (found before the first signal).
+-- Returns a function that waits (at most ms) until they are all gone.
+local function signal_adopted(app, sig, tree)
+    if app.pgid then
+        signal_app(app, sig)
+        return function(ms) return wait_app(app, ms) end
+    end
+    for _, p in ipairs(live_members(tree)) do cm.proc.kill(p.pid, sig) end
+    return function(ms)
+        local deadline = cm.time.now() + ms
+        for _, p in ipairs(tree) do
+            if not cm.proc.wait_exit(p.pid, math.max(0, deadline - cm.time.now())) then
+                return #live_members(tree) == 0
+            end
+        end
+        return true
+    end
+end
+
+-- Stops the old script's app (adopted): TERM, KILL after stop_timeout.
+local function stop_adopted(settings, app)
+    ui.info("Stopping Chat-O-Llama (PID %d, started outside chat-manager)...", app.pid)
+    local tree = app.pgid and {} or instance_mod.process_tree(app.pid)
+    local wait = signal_adopted(app, "TERM", tree)
+    signal_adopted(app, "CONT", tree)
+    local grace = settings:get("manager.stop_timeout") * 1000
+    local gone = with_dots(function() return wait(grace) end)
+    if not gone then
+        ui.warn("still running after %g s: sending SIGKILL", grace / 1000)
+        gone = signal_adopted(app, "KILL", tree)(5000)
+    end
+    return gone
+end
+
 -- Marked processes left over (not in the app's group): TERM, then KILL.
 local function stop_orphans(inst)
     local orphans = inst:marked_processes()
@@ -364,10 +424,20 @@ function M.stop_locked(ctx, settings, inst)
     end
     -- No supervisor (any more): whatever it left behind is handled here, so
     -- a supervisor that died in the middle of a stop is finished off too.
-    local app = inst:app()
+    local app = inst:app(settings)
+    if app and app.unproven then
+        M.warn_unproven(inst, app)
+        return EXIT_FAIL
+    end
     if app and app.alive then
         if sup then ui.warn("the supervisor ended before the app did") end
-        if not stop_unsupervised(settings, inst, app) then
+        local stopped
+        if app.adopted then
+            stopped = stop_adopted(settings, app)
+        else
+            stopped = stop_unsupervised(settings, inst, app)
+        end
+        if not stopped then
             ui.error("could not stop PID %d", app.pid)
             return EXIT_FAIL
         end
@@ -490,10 +560,16 @@ function M.force_stop(ctx)
         cm.proc.kill(sup, "KILL")
         killed = killed + 1
     end
-    local app = inst:app()
-    if app and app.alive then
+    local app = inst:app(settings)
+    local wait_adopted
+    if app and app.adopted then
+        wait_adopted = signal_adopted(app, "KILL", app.pgid and {} or instance_mod.process_tree(app.pid))
+        killed = killed + 1
+    elseif app and app.alive then
         signal_app(app, "KILL")
         killed = killed + 1
+    elseif app and app.unproven then
+        M.warn_unproven(inst, app)
     end
     for _, p in ipairs(inst:marked_processes()) do
         ui.warn("Killing PID %d (%s)", p.pid, p.name)
@@ -501,7 +577,11 @@ function M.force_stop(ctx)
         killed = killed + 1
     end
     if sup then cm.proc.wait_exit(sup, 5000) end
-    if app and app.alive then wait_app(app, 5000) end
+    if wait_adopted then
+        wait_adopted(5000)
+    elseif app and app.alive then
+        wait_app(app, 5000)
+    end
     local ports = {}
     for _, p in ipairs(instance_mod.COMMON_PORTS) do ports[#ports + 1] = p end
     if settings then ports[#ports + 1] = settings:get("server.port") end
@@ -516,7 +596,7 @@ function M.force_stop(ctx)
             end
         end
     end
-    cm.fs.remove(inst.pid_file)
+    if not (app and app.unproven) then cm.fs.remove(inst.pid_file) end
     local st = inst:read_state()
     if st then
         st.state, st.pid, st.since = "stopped", nil, cm.time.wall()

@@ -119,7 +119,11 @@ end
 
 -- The app as far as the files and /proc can tell, whether or not a
 -- supervisor is alive: { pid, pgid, start_time, alive, state } or nil.
-function M:app()
+-- With `settings`, a pid file of the old script (no start time, no marker)
+-- naming a live process is looked at too (M:legacy_app): the app is then
+-- `adopted` (alive, started outside chat-manager), or `unproven` says why
+-- the live process is left alone.
+function M:app(settings)
     local state = self:read_state()
     local pid, start_time = self:read_pid_file()
     if state and state.pid and (not pid or pid == state.pid) then
@@ -127,12 +131,130 @@ function M:app()
     end
     if not pid then return nil, state end
     local info = self:owns(pid, start_time)
+    if not info and not start_time and settings then
+        local found, why = self:legacy_app(pid, settings)
+        if found then return found, state end
+        if why then return { pid = pid, alive = false, unproven = why }, state end
+    end
     -- The group to signal is the verified process's own, and only when it
     -- leads it: a pgid written in state.json (which anyone could forge)
     -- never is.
     local pgid = info and info.pgid == pid and pid or nil
     return { pid = pid, pgid = pgid, start_time = start_time, alive = info and true or false },
         state
+end
+
+-- ---- the old script's app (process.pid without a marker) ------------------
+
+local function basename(path) return path:match("([^/]*)$") end
+
+-- Does one command (a list of words) run the app: its script (the first
+-- `.py` argument of manager.app.command) by an interpreter, or else exactly
+-- the configured command?  Leading VAR=value words, `exec` and `nohup` are
+-- skipped, as a shell would.
+local function runs_app(words, command, cwd)
+    local first = 1
+    while words[first] and (words[first]:match("^[%a_][%w_]*=") or words[first] == "exec" or
+        words[first] == "nohup") do
+        first = first + 1
+    end
+    local prog = words[first]
+    if not prog then return false end
+    local script
+    for i = 2, #command do
+        if command[i]:match("%.py$") then script = command[i] break end
+    end
+    if script then
+        local full = script:sub(1, 1) == "/" and script or cwd .. "/" .. script:gsub("^%./", "")
+        local interp = basename(prog)
+        if not (interp:match("^python[%d.]*$") or interp == basename(command[1])) then return false end
+        for i = first + 1, #words do
+            local w = words[i]:gsub("^%./", "")
+            if w == script:gsub("^%./", "") or w == full then return true end
+        end
+        return false
+    end
+    if basename(prog) ~= basename(command[1]) or #words - first + 1 ~= #command then return false end
+    for i = 2, #command do
+        if words[first + i - 1] ~= command[i] then return false end
+    end
+    return true
+end
+
+-- The commands of a `sh -c` script, split into words (quotes dropped): the
+-- old script started the app as `bash -c "cd '<root>'; PORT=N python3 app.py"`.
+local function shell_commands(text)
+    local commands = {}
+    for part in (text .. "\n"):gmatch("([^\n;&|]*)[\n;&|]") do
+        local words = {}
+        for w in part:gmatch("%S+") do words[#words + 1] = (w:gsub("[\"']", "")) end
+        if #words > 0 then commands[#commands + 1] = words end
+    end
+    return commands
+end
+
+-- Is the live process `pid`, named by a pid file without a marker, provably
+-- this checkout's app: its working directory the app's (the root by
+-- default) and its command line running the app's script or the configured
+-- command (directly, or through `sh -c` as the old script did)?  Returns
+-- the app { pid, pgid (only when it leads its group), start_time, alive,
+-- adopted = true }; or nil and why the process is left alone; or nil when
+-- it is not running.
+function M:legacy_app(pid, settings)
+    local info = cm.proc.info(pid)
+    if not info or info.state == "Z" then return nil end
+    local cwd, cerr, ccode = cm.proc.cwd(pid)
+    if not cwd then
+        if ccode == "ESRCH" then return nil end
+        return nil, ("its working directory cannot be read (%s)"):format(cerr)
+    end
+    local app_dir = settings:resolve(settings:get("manager.app.cwd"))
+    app_dir = cm.fs.realpath(app_dir) or app_dir
+    if cwd ~= app_dir then
+        return nil, ("its working directory is %s, not %s"):format(cwd, app_dir)
+    end
+    local command = settings:get("manager.app.command")
+    local args = info.cmdline
+    local proven = #args > 0 and runs_app(args, command, app_dir)
+    local shell = args[1] and basename(args[1])
+    if not proven and (shell == "sh" or shell == "bash" or shell == "dash") and args[2] == "-c" and
+        args[3] then
+        for _, words in ipairs(shell_commands(args[3])) do
+            if runs_app(words, command, app_dir) then proven = true end
+        end
+    end
+    if not proven then
+        return nil, ("its command line (%s) does not run %s"):format(table.concat(args, " "),
+            table.concat(command, " "))
+    end
+    return { pid = pid, pgid = info.pgid == pid and pid or nil, start_time = info.start_time,
+             alive = true, adopted = true }
+end
+
+-- An adopted app that does not lead its own process group: it and its
+-- descendants, each as { pid, start_time } (so that a PID reused later is
+-- not signalled), found before anything is signalled (a child outlives a
+-- killed parent and is re-parented).
+function M.process_tree(pid)
+    local children = {}
+    local infos = {}
+    for _, p in ipairs(cm.proc.list()) do
+        local info = cm.proc.info(p)
+        if info and info.state ~= "Z" then
+            infos[p] = info
+            children[info.ppid] = children[info.ppid] or {}
+            table.insert(children[info.ppid], p)
+        end
+    end
+    local tree, queue = {}, { pid }
+    while #queue > 0 do
+        local p = table.remove(queue, 1)
+        if infos[p] then
+            tree[#tree + 1] = { pid = p, start_time = infos[p].start_time }
+            for _, c in ipairs(children[p] or {}) do queue[#queue + 1] = c end
+        end
+    end
+    return tree
 end
 
 -- The newest session log, or nil.

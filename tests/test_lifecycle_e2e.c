@@ -522,12 +522,14 @@ static void stale_and_foreign_pid_files(void **state)
     assert_int_equal(r.code, 0);
     cmt_result_free(&r);
 
-    /* The old script's format (no start time) naming a foreign process. */
+    /* The old script's format (no start time) naming a foreign process:
+     * left alone, and said so (stop could not stop the app it names). */
     pid_t foreign = cmt_spawn(sleep_argv, NULL, NULL);
     snprintf(text, sizeof text, "%d\n", foreign);
     cmt_write_file(pidfile, text);
     r = cm_cmd(in, "stop", NULL);
-    assert_int_equal(r.code, 0);
+    assert_int_equal(r.code, 1);
+    assert_non_null(strstr(r.err, "left alone"));
     cmt_result_free(&r);
     r = cm_cmd(in, "force-stop", NULL);
     assert_int_equal(r.code, 0);

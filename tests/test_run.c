@@ -39,23 +39,8 @@ static fixture_t *fixture_new(int abstract)
     f->root = cmt_tempdir();
     f->port = cmt_free_port();
     f->seen = calloc(1, 1);
-    char *app = cmt_fixture("fake-app");
-    char cfg[2048];
-    snprintf(cfg, sizeof cfg,
-             "{\n"
-             "  \"backend\": {\"active\": \"ollama\", \"auto_fallback\": false,"
-             " \"health_check_interval\": 3600},\n"
-             "  \"ollama\": {\"base_url\": \"http://127.0.0.1:1\"},\n"
-             "  \"server\": {\"port\": %d},\n"
-             "  \"manager\": {\"app\": {\"command\": [\"%s\"], \"env\": {\"FAKE_APP_MODE\": "
-             "\"instant\"}},\n"
-             "    \"start_timeout\": 10, \"stop_timeout\": 5, \"health_path\": \"/health\"}\n"
-             "}\n",
-             f->port, app);
-    free(app);
-    char *path = cmt_path(f->root, "config.json");
-    cmt_write_file(path, cfg);
-    free(path);
+    cmi_write_config(f->root, f->port,
+                     "\"start_timeout\": 10, \"stop_timeout\": 5, \"health_path\": \"/health\"");
 
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     socklen_t len;

@@ -23,7 +23,7 @@ local function collect(ctx)
     local settings, cfg_err = settings_mod.load(ctx.root)
     local report = { root = ctx.root, config_error = cfg_err }
     local sup = control.supervisor_pid(inst)
-    local app, st = inst:app()
+    local app, st = inst:app(settings)
     st = st or {}
     report.supervised = sup ~= nil
     report.supervisor_pid = sup
@@ -42,7 +42,14 @@ local function collect(ctx)
         report.state = "running"
         report.pid = app.pid
         report.unsupervised = true
+        report.adopted = app.adopted
         report.code = LSB_RUNNING
+    elseif app and app.unproven then
+        -- Running, but perhaps not the app: never "not running".
+        report.state = "unknown"
+        report.pid = app.pid
+        report.unproven = app.unproven
+        report.code = LSB_UNKNOWN
     elseif app and cm.fs.exists(inst.pid_file) then
         report.state = "dead"
         report.pid = app.pid
@@ -87,7 +94,11 @@ end
 
 local function print_report(r, settings)
     if r.state == "running" then
-        ui.info("Chat-O-Llama is running%s", r.unsupervised and " (its supervisor is gone)" or "")
+        ui.info("Chat-O-Llama is running%s", r.adopted and " (started outside chat-manager, not supervised)"
+            or r.unsupervised and " (its supervisor is gone)" or "")
+    elseif r.unproven then
+        ui.warn("process.pid names PID %d, which is running but is not provably this checkout's app: %s",
+            r.pid, r.unproven)
     elseif r.state == "dead" then
         ui.warn("Chat-O-Llama is not running, but process.pid names PID %d", r.pid)
     elseif r.state == "failed" then
@@ -113,7 +124,9 @@ local function print_report(r, settings)
     if r.retry_at and r.state == "failed" then
         ui.say("  Next retry: in %ds", math.max(0, math.floor(r.retry_at - cm.time.wall())))
     end
-    if r.unsupervised then
+    if r.adopted then
+        ui.say("  (no restarts or health checks; 'chat-manager restart' puts it under supervision)")
+    elseif r.unsupervised then
         ui.warn("the app runs without its supervisor: no restarts or health checks; " ..
             "'chat-manager restart' puts it back under supervision")
     end

@@ -3,6 +3,7 @@
  * and processes as /proc shows them.
  */
 #include "cminst.h"
+#include "cmtest.h"
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
@@ -382,4 +383,23 @@ int cmi_http(int port, const char *method, const char *path, const char *json, i
              char **body)
 {
     return http_request(port, method, path, json, timeout_ms, 0, body);
+}
+
+void cmi_write_config(const char *root, int port, const char *manager_extra)
+{
+    char *app = cmt_fixture("fake-app");
+    char cfg[4096];
+    snprintf(cfg, sizeof cfg,
+             "{\n"
+             "  \"backend\": {\"active\": \"ollama\", \"auto_fallback\": false,"
+             " \"health_check_interval\": 3600},\n"
+             "  \"ollama\": {\"base_url\": \"http://127.0.0.1:1\"},\n"
+             "  \"server\": {\"port\": %d},\n"
+             "  \"manager\": {\"app\": {\"command\": [\"%s\"]}%s%s}\n"
+             "}\n",
+             port, app, manager_extra ? ", " : "", manager_extra ? manager_extra : "");
+    free(app);
+    char *path = cmt_path(root, "config.json");
+    cmt_write_file(path, cfg);
+    free(path);
 }

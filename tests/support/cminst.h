@@ -60,6 +60,11 @@ int cmi_logs_count(const char *root, const char *needle);
 /* Occurrences of needle in text. */
 int cmi_count(const char *text, const char *needle);
 
+/* Writes root/config.json: the fixture app (fake-app) on `port`, an Ollama
+ * that refuses, no periodic checks, and `manager_extra` (JSON members, or
+ * NULL) added to the manager section. */
+void cmi_write_config(const char *root, int port, const char *manager_extra);
+
 /* GET path from 127.0.0.1:port; the HTTP status, or -1 (bounded). */
 int cmi_http_status(int port, const char *path, int timeout_ms);
 /* METHOD path with an optional JSON body, read until the server closes
