@@ -76,7 +76,7 @@ function M.launch(settings, inst, port, config_file)
                 break
             end
         end
-    elseif type(venv) == "string" then
+    elseif type(venv) == "string" and venv ~= "system" then
         venv_dir = settings:resolve(venv)
     end
     if venv_dir then

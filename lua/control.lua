@@ -63,7 +63,7 @@ function M.supervisor_pid(inst)
 end
 
 -- Is `name` runnable with this PATH?
-local function find_program(name, path)
+function M.find_program(name, path)
     if name:find("/") then return cm.fs.access(name, "x") and name or nil end
     for dir in (path or ""):gmatch("[^:]+") do
         local candidate = dir .. "/" .. name
@@ -81,7 +81,7 @@ local function check_app(launch)
     end
     local prog = launch.argv[1]
     local resolved = prog:find("/") and (prog:sub(1, 1) == "/" and prog or launch.cwd .. "/" .. prog)
-    if not find_program(resolved or prog, launch.env.PATH) then
+    if not M.find_program(resolved or prog, launch.env.PATH) then
         return nil, ("%s not found%s"):format(prog,
             launch.venv and (" (also looked in %s/bin)"):format(launch.venv) or " in PATH")
     end
@@ -218,8 +218,13 @@ function M.start_locked(ctx, settings, inst, port, lock)
         end
         return EXIT_FAIL
     end
+    local ok, err = require("venv").prepare(settings, inst)
+    if not ok then
+        ui.error("%s", err)
+        return EXIT_FAIL
+    end
     local launch = require("app").launch(settings, inst, port)
-    local ok, err = check_app(launch)
+    ok, err = check_app(launch)
     if not ok then
         ui.error("%s", err)
         return EXIT_FAIL

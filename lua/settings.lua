@@ -69,7 +69,7 @@ local schema = {
     ["manager.app.cwd"] = { str, "a directory" },
     ["manager.app.env"] = { env, "an object of strings" },
     ["manager.app.venv"] = { function(v) return v == "auto" or v == false or str(v) end,
-                             "\"auto\", false or a directory" },
+                             "\"auto\", \"system\", false or a directory" },
     ["manager.app.switch_path"] = { function(v) return v == cm.json.null or (str(v) and v:sub(1, 1) == "/") end,
                                     "a path such as /api/backend/switch, or null" },
     ["manager.app.status_path"] = { function(v) return v == cm.json.null or (str(v) and v:sub(1, 1) == "/") end,

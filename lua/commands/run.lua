@@ -51,6 +51,11 @@ return {
             ui.error("%s", xerr)
             return 1
         end
+        local ready, verr = require("venv").prepare(settings, inst)
+        if not ready then
+            ui.error("%s", verr)
+            return 1
+        end
         local stop_echo = cm.task.event()
         local sup = cm.task.spawn(function()
             return require("supervisor").run({ root = ctx.root, port = port, foreground = true })

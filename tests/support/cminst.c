@@ -182,19 +182,25 @@ void cmi_comm(pid_t pid, char *buf, size_t size)
     buf[strcspn(buf, "\n")] = '\0';
 }
 
-int cmi_has_marker(pid_t pid, const char *id)
+int cmi_environ_has(pid_t pid, const char *entry)
 {
-    char path[64], want[96];
+    char path[64];
     snprintf(path, sizeof path, "/proc/%d/environ", (int)pid);
-    snprintf(want, sizeof want, "CHAT_MANAGER_INSTANCE=%s", id);
     size_t len = 0;
     char *env = slurp(path, &len);
     if (env == NULL) return 0;
     int found = 0;
     for (size_t i = 0; i < len && !found; i += strlen(env + i) + 1)
-        if (strcmp(env + i, want) == 0) found = 1;
+        if (strcmp(env + i, entry) == 0) found = 1;
     free(env);
     return found;
+}
+
+int cmi_has_marker(pid_t pid, const char *id)
+{
+    char want[96];
+    snprintf(want, sizeof want, "CHAT_MANAGER_INSTANCE=%s", id);
+    return cmi_environ_has(pid, want);
 }
 
 int cmi_marked_pids(const char *id, pid_t *out, int max)

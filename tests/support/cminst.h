@@ -39,6 +39,8 @@ unsigned long long cmi_start_time(pid_t pid);
 /* /proc/PID/comm without the newline, into buf. */
 void cmi_comm(pid_t pid, char *buf, size_t size);
 
+/* Does /proc/PID/environ hold exactly `entry` ("NAME=value")? */
+int cmi_environ_has(pid_t pid, const char *entry);
 /* Does /proc/PID/environ hold CHAT_MANAGER_INSTANCE=id? */
 int cmi_has_marker(pid_t pid, const char *id);
 /* Every live (non-zombie) process carrying the marker; returns the count
