@@ -20,9 +20,10 @@ A row:
   steps       the injection, run in order (vocabulary below)
   expect      the end state, checked after the steps:
                 state        what `status --json` says ("stopped", "running",
-                             "failed"); "running|stopped" is decided by the
-                             start_and_stop_at_once step
-                status       its exit code (LSB: 0 running, 1 dead, 3 not)
+                             "failed", "unknown"); "running|stopped" is decided
+                             by the start_and_stop_at_once step
+                status       its exit code (LSB: 0 running, 1 dead, 3 not,
+                             4 unknown)
                 app_running  true: exactly one app (plus its supervisor)
                              carries the instance marker, and it is the pid
                              state.json names; false (default): no process
@@ -498,19 +499,20 @@ return {
       },
       expect = { state = "stopped", status = 3 } },
 
+    -- The old script's format naming a live process that is not provably
+    -- the app (its working directory and command line are not the app's):
+    -- never signalled, never called "not running", the pid file kept.
     { name = "pid_reuse_pid_file_without_start_time",
       steps = {
         { "sentinel", "victim" },
         { "write_pid_file", of = "victim", start_time = false },
-        { "cm", "status", code = 1, says = "process.pid names PID" },
-        { "cm", "stop", code = 0, says = "stale PID file" },
-        { "write_pid_file", of = "victim", start_time = false },
-        { "cm", "force-stop", code = 0, says = "Nothing to stop" },
-        { "write_pid_file", of = "victim", start_time = false },
-        { "cm", "restart", code = 0, says = "started successfully" },
-        { "cm", "stop", code = 0, says = stop_msg },
+        { "cm", "status", code = 4, says = "not provably this checkout's app" },
+        { "cm", "stop", code = 1, says = "left alone" },
+        { "cm", "force-stop", code = 0, says = "left alone" },
+        { "cm", "restart", code = 1, says = "left alone" },
+        { "cm", "start", code = 1, says = "left alone" },
       },
-      expect = { state = "stopped", status = 3 } },
+      expect = { state = "unknown", status = 4 } },
 
     { name = "pid_reuse_state_file",
       steps = {

@@ -143,7 +143,7 @@ static const char helpers[] =
     "  write_supervisor_pid = 1, write_state = 1, kill_server = 1, start_server = 1,\n"
     "  wait_log = 1, log_has = 1, log_count = 1, log_order = 1, wait_served = 1 }\n"
     "local STATES = { stopped = 1, starting = 1, running = 1, stopping = 1, failed = 1,\n"
-    "  ['running|stopped'] = 1 }\n"
+    "  unknown = 1, ['running|stopped'] = 1 }\n"
     "function H.check()\n"
     "  local bad = {}\n"
     "  local function no(fmt, ...) bad[#bad + 1] = fmt:format(...) end\n"
