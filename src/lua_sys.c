@@ -158,7 +158,9 @@ static int l_exec(lua_State *L)
 /* notify(address, text): one datagram to a service manager's notification
  * socket (the documented sd_notify protocol; address is NOTIFY_SOCKET's
  * value: an AF_UNIX path, or "@name" in the abstract namespace).  true when
- * sent, else nil, msg, code. */
+ * sent, else nil, msg, code.  Never waits: a listener whose queue is full
+ * (it stopped reading) must not freeze the supervisor's loop, so the
+ * message is dropped with EAGAIN instead. */
 static int l_notify(lua_State *L)
 {
     const char *where = luaL_checkstring(L, 1);
@@ -176,11 +178,13 @@ static int l_notify(lua_State *L)
     if (fd < 0) return cm_fail(L, "EIO", "socket: %s", strerror(errno));
     ssize_t sent;
     do {
-        sent = sendto(fd, text, len, MSG_NOSIGNAL, (struct sockaddr *)&addr, alen);
+        sent = sendto(fd, text, len, MSG_NOSIGNAL | MSG_DONTWAIT, (struct sockaddr *)&addr, alen);
     } while (sent < 0 && errno == EINTR);
     int err = errno;
     close(fd);
-    if (sent < 0) return cm_fail(L, "EIO", "NOTIFY_SOCKET=%s: %s", where, strerror(err));
+    if (sent < 0)
+        return cm_fail(L, uv_err_name(uv_translate_sys_error(err)), "NOTIFY_SOCKET=%s: %s", where,
+                       strerror(err));
     lua_pushboolean(L, 1);
     return 1;
 }
