@@ -471,7 +471,7 @@ function M.stop(ctx)
     local settings, inst = M.load(ctx)
     if not settings then
         -- A broken config must not prevent stopping: use the defaults.
-        settings = setmetatable({ root = ctx.root, path = "", missing = true }, settings_mod)
+        settings = settings_mod.defaults_only(ctx.root)
         inst = instance_mod.new(ctx.root)
     end
     return M.with_lock(inst, function() return M.stop_locked(ctx, settings, inst) end, true)

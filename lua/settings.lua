@@ -129,6 +129,12 @@ function M.load(root)
     return s
 end
 
+-- The defaults alone, for the commands that must work when config.json is
+-- broken (stop; status recognising the old script's app).
+function M.defaults_only(root)
+    return setmetatable({ root = root, path = "", missing = true }, M)
+end
+
 local function is_object(t)
     return type(t) == "table" and t[1] == nil and next(t) ~= nil
 end

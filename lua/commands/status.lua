@@ -23,7 +23,7 @@ local function collect(ctx)
     local settings, cfg_err = settings_mod.load(ctx.root)
     local report = { root = ctx.root, config_error = cfg_err }
     local sup = control.supervisor_pid(inst)
-    local app, st = inst:app(settings)
+    local app, st = inst:app(settings or settings_mod.defaults_only(ctx.root))
     st = st or {}
     report.supervised = sup ~= nil
     report.supervisor_pid = sup
