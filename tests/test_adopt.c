@@ -7,7 +7,7 @@
  * exactly: a background `nohup bash -c "cd ROOT; PORT=N python3 app.py"`
  * from a script, so the PID is a shell that does not lead its group and the
  * app is its child.  Runs against the fixture app and the real Chat-O-Llama
- * (CM_REAL_APP).
+ * (CM_REAL_APP, see cmreal.h).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "cminst.h"
+#include "cmreal.h"
 #include "cmtest.h"
 
 #include <signal.h>
@@ -212,53 +213,40 @@ static void unproven_processes_are_left_alone(void **state)
     legacy_free(l);
 }
 
-/* The real Chat-O-Llama started by the old script's command line, with the
- * venv it created (here: a venv/bin whose python3 is Debian's), adopted,
- * then restarted under supervision. */
+/* The real Chat-O-Llama started by the old script's command line (with its
+ * packages on the system's python3), adopted, then restarted under
+ * supervision; the binary is called by its path from /, as a drop-in. */
 static void real_app_started_by_the_old_script(void **state)
 {
     (void)state;
-    const char *src = getenv("CM_REAL_APP");
-    struct stat st;
-    if (src == NULL || stat(src, &st) != 0 || access("/usr/bin/python3", X_OK) != 0) {
-        print_message("CM_REAL_APP (%s) or /usr/bin/python3 missing: skipped\n",
-                      src ? src : "unset");
-        skip();
-    }
     legacy_t *l = calloc(1, sizeof *l);
-    l->root = cmt_tempdir();
     l->port = cmt_free_port();
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd,
-             "cp -a '%s'/. '%s'/ && chmod -R u+w '%s' && mkdir -p '%s/venv/bin' &&"
-             " ln -s /usr/bin/python3 '%s/venv/bin/python3' &&"
-             " sed -i 's/\"port\": 3113/\"port\": %d/; s/\"host\": \"0.0.0.0\"/\"host\": "
-             "\"127.0.0.1\"/' '%s/config.json'",
-             src, l->root, l->root, l->root, l->root, l->port, l->root);
-    assert_int_equal(system(cmd), 0);
-    char path_env[4200];
-    snprintf(path_env, sizeof path_env, "PATH=%s/venv/bin:/usr/bin:/bin", l->root);
-    const char *env[] = {path_env, NULL};
+    l->root = cmr_copy_app(l->port);
+    /* Debian's python3 on PATH (cmr_env also clears CONFIG_FILE for the
+     * manager, which the app would take for a config file named ""). */
+    const char *const env[] = {"PATH=/usr/bin:/bin", NULL};
     legacy_start(l, l->root, "python3 app.py", env);
 
-    cmt_result_t r = cmt_cm(l->root, env, 60000, "status", NULL, NULL);
+    cmt_result_t r = cmr_cm(l->root, "/", 60000, "status", NULL);
     assert_int_equal(r.code, 0);
     assert_non_null(strstr(r.out, "started outside chat-manager"));
     cmt_result_free(&r);
-    r = cmt_cm(l->root, env, 60000, "restart", NULL, NULL);
+    r = cmr_cm(l->root, "/", 60000, "restart", NULL);
     assert_int_equal(r.code, 0);
     cmt_result_free(&r);
     assert_false(cmt_pid_alive(l->pid));
     assert_false(cmt_pid_alive(l->app));
     assert_int_equal(cmi_http_status(l->port, "/api/backend/status", 5000), 200);
-    r = cmt_cm(l->root, env, 60000, "status", NULL, NULL);
+    r = cmr_cm(l->root, "/", 60000, "status", NULL);
     assert_int_equal(r.code, 0);
     assert_non_null(strstr(r.out, "Supervisor:"));
     cmt_result_free(&r);
-    r = cmt_cm(l->root, env, 60000, "stop", NULL, NULL);
+    r = cmr_cm(l->root, "/", 60000, "stop", NULL);
     assert_int_equal(r.code, 0);
     cmt_result_free(&r);
-    legacy_free(l);
+    if (l->group > 0) kill(-l->group, SIGKILL);
+    cmr_remove(l->root);
+    free(l);
 }
 
 int main(void)

@@ -12,7 +12,8 @@
 #include <string.h>
 #include <unistd.h>
 
-const char *const cmr_env[] = {"PATH=/usr/bin:/bin", "CHAT_MANAGER_ROOT=", "CONFIG_FILE=", NULL};
+const char *const cmr_env[] = {"PATH=/usr/bin:/bin", "VIRTUAL_ENV=/usr",
+                               "CHAT_MANAGER_ROOT=", "CONFIG_FILE=", NULL};
 
 void cmr_require(void)
 {

@@ -12,7 +12,10 @@
 #include "cmtest.h"
 
 /* The environment every real-app command gets: Debian's python3 first on
- * PATH (it runs `python3 app.py`), no CHAT_MANAGER_ROOT. */
+ * PATH (it runs `python3 app.py`), no CHAT_MANAGER_ROOT, and VIRTUAL_ENV
+ * set, as by an activated environment that has the app's packages: the
+ * first start would otherwise create venv/ and pip-install the app, which
+ * needs the network. */
 extern const char *const cmr_env[];
 
 /* Fails the test with a clear message when the real app or its Python
