@@ -136,7 +136,7 @@ local function check_backends_at_start(settings)
 end
 
 -- A start in a directory without an app fails before creating anything.
-local function check_root(settings, inst)
+function M.check_root(settings, inst)
     if inst:holds_app(settings.path) then return true end
     ui.error("no Chat-O-Llama app in %s (neither app.py nor %s): run chat-manager from " ..
         "the checkout, put it there, or give --root DIR", inst.root, settings.path)
@@ -152,7 +152,7 @@ function M.start(ctx, port_arg)
         ui.error("%s", perr)
         return EXIT_USAGE
     end
-    if not check_root(settings, inst) then return EXIT_FAIL end
+    if not M.check_root(settings, inst) then return EXIT_FAIL end
     return M.with_lock(inst, function(lock) return M.start_locked(ctx, settings, inst, port, lock) end)
 end
 
@@ -536,7 +536,7 @@ function M.restart(ctx, port_arg)
         local st = inst:read_state()
         port = st and math.tointeger(st.port) and st.ready_ms and st.port or settings:port()
     end
-    if not check_root(settings, inst) then return EXIT_FAIL end
+    if not M.check_root(settings, inst) then return EXIT_FAIL end
     return M.with_lock(inst, function()
         local sup = M.supervisor_pid(inst)
         if sup and (inst:read_state() or {}).foreground then

@@ -293,12 +293,30 @@ static void a_stuck_listener_does_not_freeze_run(void **state)
     fixture_free(f);
 }
 
+/* Like start, run in a directory without an app fails and creates nothing. */
+static void run_without_an_app_creates_nothing(void **state)
+{
+    (void)state;
+    char *empty = cmt_tempdir();
+    const char *argv[] = {cmt_env("CM_BINARY"), "--root", empty, "run", NULL};
+    cmt_result_t r = cmt_run(argv, NULL, 30000);
+    assert_int_equal(r.code, 1);
+    assert_non_null(strstr(r.err, "no Chat-O-Llama app in"));
+    cmt_result_free(&r);
+    char *run_dir = cmt_path(empty, "run");
+    assert_false(access(run_dir, F_OK) == 0);
+    free(run_dir);
+    cmt_rmtree(empty);
+    free(empty);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(run_under_a_service_manager),
         cmocka_unit_test(run_notifies_an_abstract_socket_and_hides_it_from_the_app),
         cmocka_unit_test(a_stuck_listener_does_not_freeze_run),
+        cmocka_unit_test(run_without_an_app_creates_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

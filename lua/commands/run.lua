@@ -32,6 +32,7 @@ return {
             return 2
         end
         local inst = instance_mod.new(ctx.root)
+        if not require("control").check_root(settings, inst) then return 1 end
         if inst:supervisor_alive() then
             ui.error("Chat-O-Llama is already running for %s", ctx.root)
             return 1
