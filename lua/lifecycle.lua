@@ -58,7 +58,10 @@ Why the less obvious rows are as they are:
 - running + exited: retry when the policy says so; a clean exit that is not
   retried ends in stopped, not failed (the app chose to stop); anything else
   gives up in failed.  The `start` command has its answer already, so
-  nothing is reported to it.
+  nothing is reported to it.  The first crash since the restart count was
+  reset (a user's start, or a run longer than reset_after) restarts at once
+  (retry_at_once); only crashes in a row wait (schedule_retry:
+  backoff_initial, doubling up to backoff_max).
 - failed + start is a fresh start by a user: the pending retry is cancelled
   and the restart count reset.  failed + stop cancels the retry and ends in
   stopped: there is no process left to signal.
@@ -70,6 +73,15 @@ Why the less obvious rows are as they are:
 -- code at all, so it is never clean.
 local function clean_exit(payload)
   return payload.code == 0 and payload.signal == nil
+end
+
+-- An automatic restart: only for an app that has been ready once, while
+-- restarts remain, when the policy asks for it.
+local function will_retry(ctx, payload)
+  if not ctx.ever_ready then return false end
+  if (ctx.restarts or 0) >= (ctx.max_restarts or 0) then return false end
+  if ctx.policy == "always" then return true end
+  return ctx.policy == "on-failure" and not clean_exit(payload)
 end
 
 return {
@@ -86,13 +98,12 @@ return {
   },
 
   guards = {
-    -- An automatic restart: only for an app that has been ready once, while
-    -- restarts remain, when the policy asks for it.
-    will_retry = function(ctx, payload)
-      if not ctx.ever_ready then return false end
-      if (ctx.restarts or 0) >= (ctx.max_restarts or 0) then return false end
-      if ctx.policy == "always" then return true end
-      return ctx.policy == "on-failure" and not clean_exit(payload)
+    will_retry = will_retry,
+    -- The first crash since the restart count was reset (by a run longer
+    -- than reset_after, or by a user's start) restarts at once; a crash in
+    -- a row backs off (schedule_retry), so a crash loop cannot spin.
+    will_retry_at_once = function(ctx, payload)
+      return (ctx.restarts or 0) == 0 and will_retry(ctx, payload)
     end,
     exited_cleanly = function(_, payload)
       return clean_exit(payload)
@@ -128,6 +139,8 @@ return {
     -- starting + start: refused, "cannot start: already starting"
 
     -- running
+    { from = "running", event = "exited", guard = "will_retry_at_once", to = "failed",
+      actions = { "record_exit", "retry_at_once" } },
     { from = "running", event = "exited", guard = "will_retry", to = "failed",
       actions = { "record_exit", "schedule_retry" } },
     { from = "running", event = "exited", guard = "exited_cleanly", to = "stopped",

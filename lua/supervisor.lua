@@ -244,17 +244,31 @@ function actions.record_timeout(sv, payload)
                          at = cm.time.wall() }
 end
 
-function actions.schedule_retry(sv)
+-- Fires `retry` after `delay` seconds (0: on the next turn of the loop).
+local function retry_in(sv, delay, why)
     local ctx = sv.ctx
-    local r = sv.settings:get("manager.restart")
-    local delay = math.min(r.backoff_initial * 2 ^ ctx.restarts, r.backoff_max)
     ctx.restarts = ctx.restarts + 1
     ctx.retry_at = cm.time.wall() + delay
-    sv:log("restart %d of %d in %g s", ctx.restarts, ctx.max_restarts, delay)
+    sv:log("restart %d of %d in %g s (%s)", ctx.restarts, ctx.max_restarts, delay, why)
     sv.retry_timer = cm.time.timer(delay * 1000, 0, function()
         sv.retry_timer = nil
         sv.machine:fire("retry")
     end)
+end
+
+-- A crash in a row (restarts > 0: no stable run of reset_after since the
+-- last restart) backs off: backoff_initial for the second crash, doubling up
+-- to backoff_max, so a crash loop cannot spin.
+function actions.schedule_retry(sv)
+    local r = sv.settings:get("manager.restart")
+    local n = math.max(sv.ctx.restarts - 1, 0)
+    retry_in(sv, math.min(r.backoff_initial * 2 ^ n, r.backoff_max), "backing off")
+end
+
+-- The first crash after a stable run (or since a user's start) restarts at
+-- once: the users of a chat server see every second of the gap.
+function actions.retry_at_once(sv)
+    retry_in(sv, 0, "first crash")
 end
 
 function actions.cancel_retry(sv)

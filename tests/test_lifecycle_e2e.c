@@ -21,6 +21,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef struct inst {
@@ -426,6 +427,68 @@ static void crash_loop_ends_in_failed_after_max_restarts(void **state)
     inst_free(in);
 }
 
+/* Waits (bounded) until state.json says running with a pid other than
+ * `old`; returns it and stores the restart count. */
+static int wait_new_running_pid(inst_t *in, int old, int timeout_ms, int *restarts)
+{
+    double t0 = cmt_now_ms();
+    while (cmt_now_ms() - t0 < timeout_ms) {
+        cJSON *st = read_state(in);
+        int pid = -1;
+        if (st && strcmp(state_str(st, "state"), "running") == 0) pid = state_int(st, "pid");
+        if (restarts && st) *restarts = state_int(st, "restarts");
+        cJSON_Delete(st);
+        if (pid > 1 && pid != old) return pid;
+        usleep(5000);
+    }
+    fail_msg("no new running app within %d ms", timeout_ms);
+    return -1;
+}
+
+/* The first crash after a stable run restarts at once; a crash in a row waits
+ * backoff_initial (60 s here: long enough to tell the two apart without
+ * timing anything). */
+static void first_crash_restarts_at_once_crashes_in_a_row_back_off(void **state)
+{
+    (void)state;
+    inst_t *in = inst_new("instant", NULL,
+                          "\"restart\": {\"max_restarts\": 5, \"backoff_initial\": 60,"
+                          " \"backoff_max\": 60, \"reset_after\": 3}");
+    cmt_result_t r = cm_cmd(in, "start", NULL);
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+    int pid = wait_state(in, "running", 1000);
+    int restarts = -1;
+
+    /* The first crash since the user's start: at once. */
+    assert_int_equal(kill(pid, SIGKILL), 0);
+    pid = wait_new_running_pid(in, pid, 10000, &restarts);
+    assert_int_equal(restarts, 1);
+
+    /* A run longer than reset_after (3 s) resets the count: at once again. */
+    double ran_from = cmt_now_ms();
+    while (cmt_now_ms() - ran_from < 3500)
+        usleep(50000);
+    assert_int_equal(kill(pid, SIGKILL), 0);
+    pid = wait_new_running_pid(in, pid, 10000, &restarts);
+    assert_int_equal(restarts, 1);
+
+    /* At once again, with no stable run in between: a crash in a row. */
+    assert_int_equal(kill(pid, SIGKILL), 0);
+    wait_state(in, "failed", 5000);
+    cJSON *st = read_state(in);
+    assert_non_null(st);
+    assert_int_equal(state_int(st, "restarts"), 2);
+    cJSON *retry_at = cJSON_GetObjectItemCaseSensitive(st, "retry_at");
+    assert_true(cJSON_IsNumber(retry_at));
+    assert_true(retry_at->valuedouble > (double)time(NULL) + 30);
+    cJSON_Delete(st);
+    r = cm_cmd(in, "status", NULL);
+    assert_non_null(strstr(r.out, "Next retry: in "));
+    cmt_result_free(&r);
+    inst_free(in);
+}
+
 /* Stop is event-driven: with an app that exits at once on SIGTERM it is
  * over in well under a second (the benchmark measures the real gap). */
 static void stop_returns_promptly(void **state)
@@ -609,6 +672,7 @@ int main(void)
         cmocka_unit_test(supervisor_killed_app_keeps_serving_and_stop_works),
         cmocka_unit_test(crash_while_running_comes_back_with_a_new_pid),
         cmocka_unit_test(crash_loop_ends_in_failed_after_max_restarts),
+        cmocka_unit_test(first_crash_restarts_at_once_crashes_in_a_row_back_off),
         cmocka_unit_test(stop_returns_promptly),
         cmocka_unit_test(restart_gives_a_new_pid_on_the_same_port),
         cmocka_unit_test(status_json_and_logs),
