@@ -8,6 +8,17 @@
  *       successful connection (the app's first answer) CMD returned.  GAP_MS
  *       is "nan" when the port never answered while CMD ran.
  *
+ *   benchtool answer PORT TIMEOUT_MS -- CMD ARGS...
+ *       Like start-gap, but keeps polling after CMD returned until the port
+ *       answers.  Prints "TOTAL_MS ANSWER_MS RC": how long CMD ran and how
+ *       long after CMD began the port first answered (TOTAL < ANSWER: the
+ *       command returned before the app answered).
+ *
+ *   benchtool crash PID PORT TIMEOUT_MS
+ *       Sends SIGKILL to PID (the app, which listens on PORT), waits for its
+ *       exit on a pidfd, then connects to PORT every 0.2 ms.  Prints
+ *       "ANSWER_MS": from the kill to the first answer of the new app.
+ *
  *   benchtool stop-gap PID TIMEOUT_MS -- CMD ARGS...
  *       Holds a pidfd on PID (the app), runs CMD and polls both pidfds.
  *       Prints "TOTAL_MS GAP_MS RC": how long CMD ran, and how long after
@@ -137,7 +148,9 @@ static void print_ms(double v)
         printf("%.3f", v);
 }
 
-static int start_gap(int port, double timeout_ms, char **argv)
+/* Runs CMD and polls PORT while it runs (with until_answer, also after it
+ * returned, until the port answers). */
+static int start_gap(int port, double timeout_ms, char **argv, int until_answer)
 {
     double t0 = now_ms();
     pid_t pid = spawn(argv);
@@ -166,10 +179,48 @@ static int start_gap(int port, double timeout_ms, char **argv)
     }
     int rc = reap(pid);
     close(pfd);
+    while (until_answer && isnan(first) && now_ms() - t0 < timeout_ms) {
+        const struct timespec tick = {.tv_sec = 0, .tv_nsec = 200000};
+        if (try_connect(port))
+            first = now_ms();
+        else
+            nanosleep(&tick, NULL);
+    }
     print_ms(end - t0);
     putchar(' ');
-    print_ms(isnan(first) ? NAN : end - first);
+    if (until_answer)
+        print_ms(isnan(first) ? NAN : first - t0);
+    else
+        print_ms(isnan(first) ? NAN : end - first);
     printf(" %d\n", rc);
+    return 0;
+}
+
+static int crash(pid_t app, int port, double timeout_ms)
+{
+    int afd = pidfd_open(app);
+    if (afd < 0) die("pidfd_open(app)");
+    double t0 = now_ms();
+    if (kill(app, SIGKILL) != 0) die("kill");
+    struct pollfd p = {.fd = afd, .events = POLLIN};
+    int n;
+    while ((n = poll(&p, 1, (int)timeout_ms)) < 0 && errno == EINTR)
+        ;
+    close(afd);
+    if (n <= 0) {
+        fprintf(stderr, "benchtool: pid %d did not exit after SIGKILL\n", (int)app);
+        return 1;
+    }
+    const struct timespec tick = {.tv_sec = 0, .tv_nsec = 200000};
+    double first = NAN;
+    while (isnan(first) && now_ms() - t0 < timeout_ms) {
+        if (try_connect(port))
+            first = now_ms();
+        else
+            nanosleep(&tick, NULL);
+    }
+    print_ms(isnan(first) ? NAN : first - t0);
+    putchar('\n');
     return 0;
 }
 
@@ -186,7 +237,8 @@ static int stop_gap(pid_t app, double timeout_ms, char **argv)
         struct pollfd p[2] = {{.fd = cfd, .events = POLLIN}, {.fd = afd, .events = POLLIN}};
         double left = timeout_ms - (now_ms() - t0);
         if (left <= 0) give_up(pid, "the command did not finish in time");
-        struct timespec ts = {.tv_sec = (time_t)(left / 1e3), .tv_nsec = (long)(fmod(left, 1e3) * 1e6)};
+        struct timespec ts = {.tv_sec = (time_t)(left / 1e3),
+                              .tv_nsec = (long)(fmod(left, 1e3) * 1e6)};
         int n = ppoll(p, isnan(app_gone) ? 2 : 1, &ts, NULL);
         if (n < 0 && errno != EINTR) die("ppoll");
         if (n <= 0) continue;
@@ -252,7 +304,8 @@ static int hf(const char *path, int nidx, char **idx)
     int count = cJSON_GetArraySize(results);
     for (int r = 0; r < count; r++) {
         int wanted = nidx == 0;
-        for (int i = 0; i < nidx; i++) wanted |= atoi(idx[i]) == r;
+        for (int i = 0; i < nidx; i++)
+            wanted |= atoi(idx[i]) == r;
         if (!wanted) continue;
         cJSON *times = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(results, r), "times");
         cJSON *t;
@@ -314,6 +367,8 @@ static void prefer_cpu(void)
 static void usage(void)
 {
     fprintf(stderr, "usage: benchtool start-gap PORT TIMEOUT_MS -- CMD...\n"
+                    "       benchtool answer PORT TIMEOUT_MS -- CMD...\n"
+                    "       benchtool crash PID PORT TIMEOUT_MS\n"
                     "       benchtool stop-gap PID TIMEOUT_MS -- CMD...\n"
                     "       benchtool hf FILE [INDEX...]\n"
                     "       benchtool free-port\n"
@@ -325,14 +380,23 @@ int main(int argc, char **argv)
 {
     if (argc < 2) usage();
     const char *cmd = argv[1];
-    if (strcmp(cmd, "start-gap") == 0 || strcmp(cmd, "stop-gap") == 0) {
+    if (strcmp(cmd, "start-gap") == 0 || strcmp(cmd, "answer") == 0 ||
+        strcmp(cmd, "stop-gap") == 0) {
         if (argc < 6 || strcmp(argv[4], "--") != 0) usage();
         long target = strtol(argv[2], NULL, 10);
         double timeout = strtod(argv[3], NULL);
         if (target <= 0 || timeout <= 0) usage();
         prefer_cpu();
-        if (strcmp(cmd, "start-gap") == 0) return start_gap((int)target, timeout, argv + 5);
+        if (strcmp(cmd, "start-gap") == 0) return start_gap((int)target, timeout, argv + 5, 0);
+        if (strcmp(cmd, "answer") == 0) return start_gap((int)target, timeout, argv + 5, 1);
         return stop_gap((pid_t)target, timeout, argv + 5);
+    }
+    if (strcmp(cmd, "crash") == 0 && argc == 5) {
+        long pid = strtol(argv[2], NULL, 10), port = strtol(argv[3], NULL, 10);
+        double timeout = strtod(argv[4], NULL);
+        if (pid <= 1 || port <= 0 || port > 65535 || timeout <= 0) usage();
+        prefer_cpu();
+        return crash((pid_t)pid, (int)port, timeout);
     }
     if (strcmp(cmd, "hf") == 0 && argc >= 3) return hf(argv[2], argc - 3, argv + 3);
     if (strcmp(cmd, "stats") == 0) return stats();
