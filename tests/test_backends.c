@@ -364,6 +364,26 @@ static void test_llamacpp_only_invalid_models(void **state)
                    QUICK_MS);
 }
 
+/* More GGUF files than a check reads (SCAN_MAX_READ = 32): the first 32
+ * are read, every one is counted, and the detail says so. */
+static void test_llamacpp_many_models_are_counted(void **state)
+{
+    fixture_t *f = *state;
+    add_model(f, "valid-v3.gguf");
+    char *src = cmt_path(f->root, "models/valid-v3.gguf");
+    for (int i = 0; i < 39; i++) {
+        char rel[64];
+        snprintf(rel, sizeof rel, "models/m%02d.gguf", i);
+        char *dst = cmt_path(f->root, rel);
+        assert_int_equal(link(src, dst), 0);
+        free(dst);
+    }
+    free(src);
+    write_config_port(f, cmt_free_port(), NULL, NULL);
+    expect_verdict(f, "llamacpp", "true", "32 models (", QUICK_MS);
+    expect_verdict(f, "llamacpp", "true", "first 32 of 40 GGUF files read", QUICK_MS);
+}
+
 static void test_llamacpp_no_model_dir(void **state)
 {
     fixture_t *f = *state;
@@ -683,6 +703,7 @@ int main(void)
         T(test_ollama_own_timeout_smaller),
         T(test_llamacpp_gguf_verdicts),
         T(test_llamacpp_only_invalid_models),
+        T(test_llamacpp_many_models_are_counted),
         T(test_llamacpp_no_model_dir),
         T(test_llamacpp_import_missing),
         T(test_llamacpp_python_not_found),

@@ -19,7 +19,8 @@ local M = {
 M.CACHE_FILE = "run/llamacpp-probe.json"
 M.CACHE_VERSION = 1
 M.SCAN_DEPTH = 4            -- model_path and up to 3 levels of folders below it
-M.SCAN_MAX_FILES = 1000     -- a bound on a runaway folder
+M.SCAN_MAX_FILES = 100000   -- entries looked at: a bound on a runaway folder
+M.SCAN_MAX_READ = 32        -- GGUF headers read per check; further files are counted only
 M.MAX_LISTED = 5
 
 -- One Python start answers both questions: the site-packages directories
@@ -172,17 +173,32 @@ local function strip_path(msg, path)
     return msg
 end
 
--- Every *.gguf under dir: { valid = {...}, invalid = {{file=, why=}} }.
+-- Every *.gguf under dir: valid, invalid ({{file=, why=}}), and counts
+-- { files = GGUF files found, read = headers read, truncated = entries
+-- beyond SCAN_MAX_FILES not looked at }.  Only the first SCAN_MAX_READ
+-- files are read (a check must stay cheap with thousands of files); the
+-- rest are counted by name, and the caller says so.
 local function scan_models(dir)
     local valid, invalid, seen = {}, {}, 0
+    local counts = { files = 0, read = 0, truncated = false }
     local function walk(path, rel, depth)
         for _, n in ipairs(cm.fs.list(path) or {}) do
-            if seen >= M.SCAN_MAX_FILES then return end
+            if seen >= M.SCAN_MAX_FILES then
+                counts.truncated = true
+                return
+            end
             if n:sub(1, 1) ~= "." then
                 seen = seen + 1
-                local p, r = path .. "/" .. n, rel and (rel .. "/" .. n) or n
-                local lst = cm.fs.lstat(p)
-                if n:lower():match("%.gguf$") then
+                -- No string is built for a file that is only counted.
+                local is_gguf = n:find("%.[gG][gG][uU][fF]$") ~= nil
+                if is_gguf then counts.files = counts.files + 1 end
+                local p, r
+                if not is_gguf or counts.read < M.SCAN_MAX_READ then
+                    p, r = path .. "/" .. n, rel and (rel .. "/" .. n) or n
+                end
+                if is_gguf and counts.read < M.SCAN_MAX_READ then
+                    counts.read = counts.read + 1
+                    local lst = cm.fs.lstat(p)
                     local st, serr, scode = cm.fs.stat(p)
                     if not st then
                         local why = strip_path(serr, p)
@@ -204,14 +220,15 @@ local function scan_models(dir)
                             invalid[#invalid + 1] = { file = r, why = strip_path(err, p) }
                         end
                     end
-                elseif lst and lst.type == "dir" and depth < M.SCAN_DEPTH then
-                    walk(p, r, depth + 1)
+                elseif not is_gguf and depth < M.SCAN_DEPTH then
+                    local lst = cm.fs.lstat(p)
+                    if lst and lst.type == "dir" then walk(p, r, depth + 1) end
                 end
             end
         end
     end
     walk(dir, nil, 1)
-    return valid, invalid
+    return valid, invalid, counts
 end
 
 -- 1235814400 -> "1.24B parameters"
@@ -288,8 +305,8 @@ function M.check(settings)
     local server_task = server_url and cm.task.spawn(check_server, settings, server_url, t)
 
     local dir_st = cm.fs.stat(model_dir)
-    local valid, invalid = {}, cm.json.array()
-    if dir_st and dir_st.type == "dir" then valid, invalid = scan_models(model_dir) end
+    local valid, invalid, counts = {}, cm.json.array(), { files = 0, read = 0 }
+    if dir_st and dir_st.type == "dir" then valid, invalid, counts = scan_models(model_dir) end
 
     local probe, cached
     if probe_task then
@@ -308,6 +325,7 @@ function M.check(settings)
         python = python or python_name, llama_cpp = probe.ok and probe.version or nil,
         probe_cached = cached or false, model_path = model_dir,
         models = cm.json.array(), invalid = invalid, server = server,
+        gguf_files = counts.files, gguf_read = counts.read, scan_truncated = counts.truncated,
     }
     for i, m in ipairs(valid) do
         info.models[i] = { file = m.file, name = m.name, architecture = m.architecture,
@@ -358,6 +376,10 @@ function M.check(settings)
         parts[#parts + 1] = ("%d model%s (%s)"):format(#valid, #valid == 1 and "" or "s",
             list_of(short_names(valid), tostring))
     end
+    if counts.read < counts.files or counts.truncated then
+        parts[#parts + 1] = ("first %d of %s%d GGUF files read"):format(counts.read,
+            counts.truncated and "more than " or "", counts.files)
+    end
     if probe.ok then parts[#parts + 1] = "llama_cpp " .. probe.version end
     if server and server.healthy then parts[#parts + 1] = server.detail end
     local detail = table.concat(parts, ", ")
@@ -401,6 +423,10 @@ function M.details(result, opts)
     end
     for _, x in ipairs(info.invalid or {}) do
         lines[#lines + 1] = ("  %s  not counted: %s"):format(x.file, x.why)
+    end
+    if (info.gguf_read or 0) < (info.gguf_files or 0) or info.scan_truncated then
+        lines[#lines + 1] = ("  (first %d of %s%d GGUF files read; the rest are not checked)"):format(
+            info.gguf_read, info.scan_truncated and "more than " or "", info.gguf_files)
     end
     if info.server then lines[#lines + 1] = "Server:  " .. tostring(info.server.detail) end
     return lines
