@@ -70,6 +70,7 @@ function Supervisor:snapshot()
         foreground = self.foreground or nil,
         instance = self.inst.id,
         root = self.inst.root,
+        leftovers = self.leftovers_checked and self.leftovers or nil,
     }
 end
 
@@ -202,6 +203,29 @@ function Supervisor:wrong_port_reason()
         or "another port", self.port, where)
 end
 
+-- Once per supervisor, after the first ready (off start's path): this
+-- root's processes from before this supervisor (carrying the marker, outside
+-- the app's group and not ours).  While the supervisor lives, every later
+-- process of the app stays in its subtree (it is the subreaper), so `status`
+-- checks these few PIDs instead of reading every process's environment.
+function Supervisor:find_leftovers()
+    if self.leftovers then return end
+    self.leftovers = {}
+    local sv = self
+    cm.task.spawn(function()
+        cm.time.sleep(0)
+        local me, found = cm.sys.pid(), {}
+        for _, p in ipairs(sv.inst:marked_processes()) do
+            if p.pgid ~= sv.ctx.pid and p.ppid ~= me then
+                found[#found + 1] = { pid = p.pid, start_time = p.start_time, name = p.name }
+            end
+        end
+        sv.leftovers = found
+        sv.leftovers_checked = true
+        sv:save_state()
+    end)
+end
+
 function Supervisor:stop_probe()
     if self.probe then self.probe:kill("KILL") end
     self.probe = nil
@@ -214,6 +238,7 @@ function actions.report_ready(sv)
     sv:report(("ready pid=%d port=%d ms=%d log=%s"):format(ctx.pid, sv.port, ctx.ready_ms or 0,
         cm.log.path() or ""))
     sv:start_health_loop()
+    sv:find_leftovers()
 end
 
 function actions.report_failed(sv)

@@ -489,6 +489,61 @@ static void first_crash_restarts_at_once_crashes_in_a_row_back_off(void **state)
     inst_free(in);
 }
 
+/* A process of this root from before the supervisor (the marker in its
+ * environment, outside the app's group) is reported by status from the
+ * supervisor's one look at the machine, and no longer once it is gone. */
+static void status_names_a_leftover_from_before_the_supervisor(void **state)
+{
+    (void)state;
+    inst_t *in = inst_new("instant", NULL, NULL);
+    cmt_result_t r = cm_cmd(in, "start", NULL);
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+    cJSON *st = read_state(in);
+    assert_non_null(st);
+    char marker[256];
+    snprintf(marker, sizeof marker, "CHAT_MANAGER_INSTANCE=%s", state_str(st, "instance"));
+    cJSON_Delete(st);
+    r = cm_cmd(in, "stop", NULL);
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+
+    const char *argv[] = {"/bin/sleep", "60", NULL};
+    const char *env[] = {marker, NULL};
+    pid_t left = cmt_spawn(argv, env, NULL);
+    assert_true(left > 1);
+    r = cm_cmd(in, "start", NULL);
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+    /* The supervisor looks once, right after ready. */
+    double t0 = cmt_now_ms();
+    int recorded = 0;
+    while (!recorded && cmt_now_ms() - t0 < 5000) {
+        st = read_state(in);
+        recorded = st != NULL && cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(st, "leftovers"));
+        if (recorded) {
+            cJSON *l = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(st, "leftovers"), 0);
+            assert_int_equal(state_int(l, "pid"), left);
+        }
+        cJSON_Delete(st);
+        if (!recorded) usleep(5000);
+    }
+    assert_true(recorded);
+    char want[64];
+    snprintf(want, sizeof want, "Orphaned process of this instance: PID %d", (int)left);
+    r = cm_cmd(in, "status", NULL);
+    assert_int_equal(r.code, 0);
+    assert_non_null(strstr(r.out, want));
+    cmt_result_free(&r);
+
+    cmt_kill_group(left);
+    r = cm_cmd(in, "status", NULL);
+    assert_int_equal(r.code, 0);
+    assert_null(strstr(r.out, "Orphaned process"));
+    cmt_result_free(&r);
+    inst_free(in);
+}
+
 /* Stop is event-driven: with an app that exits at once on SIGTERM it is
  * over in well under a second (the benchmark measures the real gap). */
 static void stop_returns_promptly(void **state)
@@ -673,6 +728,7 @@ int main(void)
         cmocka_unit_test(crash_while_running_comes_back_with_a_new_pid),
         cmocka_unit_test(crash_loop_ends_in_failed_after_max_restarts),
         cmocka_unit_test(first_crash_restarts_at_once_crashes_in_a_row_back_off),
+        cmocka_unit_test(status_names_a_leftover_from_before_the_supervisor),
         cmocka_unit_test(stop_returns_promptly),
         cmocka_unit_test(restart_gives_a_new_pid_on_the_same_port),
         cmocka_unit_test(status_json_and_logs),

@@ -63,8 +63,21 @@ local function collect(ctx)
         report.usage = require("usage").collect((app and app.pgid) or report.pid, sup,
             sup and (inst.run_dir .. "/usage.json"))
     end
+    -- With a live supervisor, its record of this root's older processes;
+    -- without one (or before it has looked), every process's environment.
+    local marked = {}
+    if sup and type(st.leftovers) == "table" then
+        for _, l in ipairs(st.leftovers) do
+            local info = type(l) == "table" and math.type(l.pid) and cm.proc.info(l.pid)
+            if info and info.state ~= "Z" and info.start_time == l.start_time then
+                marked[#marked + 1] = info
+            end
+        end
+    else
+        marked = inst:marked_processes()
+    end
     local orphans = cm.json.array()
-    for _, p in ipairs(inst:marked_processes()) do
+    for _, p in ipairs(marked) do
         -- The app's group, the supervisor and its helpers (probe, checks).
         local own = (report.pid and p.pgid == report.pid) or p.pid == sup or (sup and p.ppid == sup)
         if not own then orphans[#orphans + 1] = { pid = p.pid, name = p.name } end
