@@ -957,7 +957,9 @@ static int l_reap_orphans(lua_State *L)
     uv_walk(cm_loop(L), uv_pids_walk, &managed);
 
     reap_scan_t s = {getpid(), keep, at + managed.n, {NULL, 0, 0}};
-    cm_proc_foreach(reap_visit, &s);
+    /* Only our children can be reaped: list them, scan /proc only when the
+     * kernel cannot. */
+    if (cm_proc_foreach_descendant(reap_visit, &s, 0) != 0) cm_proc_foreach(reap_visit, &s);
     push_pid_list(L, &s.reaped);
     return 1;
 }

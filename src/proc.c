@@ -122,6 +122,13 @@ pid_t cm_proc_group_lowest(pid_t pgid)
 {
     group_scan_t g = {pgid, 0};
     if (pgid <= 0) return 0;
+    /* No process at all in the group (the usual answer once an app is
+     * over): one syscall, no scan of /proc. */
+    if (kill(-pgid, 0) != 0 && errno == ESRCH) return 0;
+    /* A group our children made is among our descendants (a subreaper keeps
+     * them all): look there first, then everywhere. */
+    if (cm_proc_foreach_descendant(group_scan_visit, &g, 1) == 0 && g.lowest != 0) return g.lowest;
+    g.lowest = 0;
     cm_proc_foreach(group_scan_visit, &g);
     return g.lowest;
 }
@@ -229,6 +236,62 @@ int cm_proc_foreach(int (*fn)(pid_t pid, void *arg), void *arg)
         rc = fn((pid_t)pid, arg);
     }
     closedir(dir);
+    return rc;
+}
+
+/* Appends the children of every thread of pid to *q.  0, or -errno when
+ * pid's task directory or its first children file cannot be read (gone, or
+ * a kernel without CONFIG_PROC_CHILDREN). */
+static int add_children(pid_t pid, pid_t **q, size_t *n, size_t *cap)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *dir = opendir(path);
+    if (dir == NULL) return -errno;
+    int rc = -ENOENT;
+    struct dirent *de;
+    while ((de = readdir(dir)) != NULL) {
+        if (!isdigit((unsigned char)de->d_name[0])) continue;
+        char what[64];
+        snprintf(what, sizeof what, "task/%.20s/children", de->d_name);
+        size_t len;
+        char *text = cm_proc_read_file(pid, what, &len);
+        if (text == NULL) continue;
+        rc = 0;
+        for (char *p = text, *end; *p != '\0'; p = end) {
+            long child = strtol(p, &end, 10);
+            if (end == p) break;
+            if (child <= 0) continue;
+            if (*n == *cap) {
+                size_t grown = *cap ? *cap * 2 : 64;
+                pid_t *bigger = realloc(*q, grown * sizeof *bigger);
+                if (bigger == NULL) {
+                    free(text);
+                    closedir(dir);
+                    return -ENOMEM;
+                }
+                *q = bigger;
+                *cap = grown;
+            }
+            (*q)[(*n)++] = (pid_t)child;
+        }
+        free(text);
+    }
+    closedir(dir);
+    return rc;
+}
+
+int cm_proc_foreach_descendant(int (*fn)(pid_t pid, void *arg), void *arg, int all)
+{
+    pid_t *q = NULL;
+    size_t n = 0, cap = 0;
+    int rc = add_children(getpid(), &q, &n, &cap);
+    /* A bound far above any real tree: /proc changes while it is read. */
+    for (size_t at = 0; rc == 0 && at < n && at < 65536; at++) {
+        rc = fn(q[at], arg);
+        if (rc == 0 && all) add_children(q[at], &q, &n, &cap); /* gone meanwhile: fine */
+    }
+    free(q);
     return rc;
 }
 

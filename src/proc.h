@@ -37,9 +37,11 @@ int cm_proc_read_stat(pid_t pid, cm_proc_stat_t *st);
 /* True when pid exists and is not a zombie (or dead, 'X'). */
 int cm_proc_alive(pid_t pid);
 
-/* The lowest pid of a live (non-zombie) process whose process group is
- * pgid, or 0 when there is none.  kill(-pgid, 0) cannot answer this: it
- * succeeds while only zombies are left in the group. */
+/* The pid of a live (non-zombie) process whose process group is pgid, or 0
+ * when there is none: the lowest among our descendants when one is there,
+ * else the lowest on the machine.  kill(-pgid, 0) alone cannot answer this
+ * (it succeeds while only zombies are left in the group), but its ESRCH
+ * spares the scan when nobody is left. */
 pid_t cm_proc_group_lowest(pid_t pgid);
 
 /* True when some live process is in process group pgid. */
@@ -63,6 +65,13 @@ int cm_proc_has_marker(pid_t pid, const char *name, const char *value);
  * until fn returns non-zero (which is then returned).  Returns 0 after a
  * full scan, -errno when /proc cannot be opened. */
 int cm_proc_foreach(int (*fn)(pid_t pid, void *arg), void *arg);
+
+/* Calls fn(pid, arg) for every child of this process (all: and their
+ * descendants, breadth first), read from /proc/PID/task/TID/children
+ * without scanning /proc, until fn returns non-zero (which is returned).
+ * Returns 0 after the walk, -errno when the children cannot be listed
+ * (then nothing was called: scan with cm_proc_foreach instead). */
+int cm_proc_foreach_descendant(int (*fn)(pid_t pid, void *arg), void *arg, int all);
 
 /* The signal number for "TERM", "SIGTERM", "KILL", "HUP", "USR1", "USR2",
  * "INT", "STOP", "CONT", "QUIT", "ALRM" or "0"; -1 when unknown. */

@@ -475,6 +475,69 @@ static void zombies_are_not_alive(void **state)
     assert_int_equal(waitpid(pid, NULL, 0), pid);
 }
 
+static int collect_pid(pid_t pid, void *arg)
+{
+    pid_t *seen = arg;
+    for (int i = 0; i < 8; i++) {
+        if (seen[i] == 0) {
+            seen[i] = pid;
+            break;
+        }
+    }
+    return 0;
+}
+
+/* Groups are looked up among our descendants first (children files, no scan
+ * of /proc), and on the whole machine when they are not there. */
+static void groups_found_among_descendants_and_beyond(void **state)
+{
+    (void)state;
+    /* Our own group (no child of ours in it yet) is found by the scan. */
+    pid_t own = cm_proc_group_lowest(getpgrp());
+    assert_true(own > 0 && own <= getpid());
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        pid_t grandchild = fork();
+        if (grandchild == 0) {
+            setpgid(0, 0);
+            pause();
+            _exit(0);
+        }
+        setpgid(grandchild, grandchild);
+        (void)!write(fds[1], &grandchild, sizeof grandchild);
+        pause();
+        _exit(0);
+    }
+    pid_t grandchild = 0;
+    assert_int_equal(read(fds[0], &grandchild, sizeof grandchild), sizeof grandchild);
+    close(fds[0]);
+    close(fds[1]);
+    pid_t seen[8] = {0};
+    assert_int_equal(cm_proc_foreach_descendant(collect_pid, seen, 1), 0);
+    int found_child = 0, found_grandchild = 0;
+    for (int i = 0; i < 8; i++) {
+        found_child |= seen[i] == child;
+        found_grandchild |= seen[i] == grandchild;
+    }
+    assert_true(found_child && found_grandchild);
+    memset(seen, 0, sizeof seen);
+    assert_int_equal(cm_proc_foreach_descendant(collect_pid, seen, 0), 0);
+    for (int i = 0; i < 8; i++)
+        assert_true(seen[i] != grandchild);
+    assert_int_equal(cm_proc_group_lowest(grandchild), grandchild);
+    kill(grandchild, SIGKILL);
+    kill(child, SIGKILL);
+    assert_int_equal(waitpid(child, NULL, 0), child);
+    for (int i = 0; i < 400 && cm_proc_group_alive(grandchild); i++) {
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    assert_false(cm_proc_group_alive(grandchild));
+}
+
 /* ---- waits --------------------------------------------------------------- */
 
 static void wait_exit_on_a_non_child(void **state)
@@ -638,6 +701,7 @@ int main(void)
         cmocka_unit_test(has_marker_matches_whole_entries),
         cmocka_unit_test(list_has_init_and_us),
         cmocka_unit_test(zombies_are_not_alive),
+        cmocka_unit_test(groups_found_among_descendants_and_beyond),
         cmocka_unit_test(wait_exit_on_a_non_child),
         cmocka_unit_test(waits_fall_back_without_pidfd),
         cmocka_unit_test(abandoned_waits_are_freed),
