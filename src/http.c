@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* libcurl's functions, loaded on first use (curl_api.h). */
 static const cm_curl_api_t *api;
@@ -429,14 +430,26 @@ static http_engine_t *engine_get(uv_loop_t *loop)
     return e;
 }
 
-/* Sets every option of a transfer; returns the first failure. */
+/* Why the last cm_http_get returned UV_ENOTSUP (an option libcurl refused). */
+static char setup_error[192];
+
+const char *cm_http_setup_error(void)
+{
+    return setup_error;
+}
+
+/* Sets every option of a transfer; returns the first failure (its option
+ * named in setup_error).  TLS options are set for https:// only: a libcurl
+ * built without TLS refuses them, and plain HTTP does not need them. */
 static CURLcode configure(http_transfer_t *t, const char *url, const cm_http_opts_t *o)
 {
     CURL *h = t->easy;
     CURLcode rc = CURLE_OK;
 #define SET(opt, val)                                                                              \
     do {                                                                                           \
-        if (rc == CURLE_OK) rc = api->easy_setopt(h, opt, val);                                    \
+        if (rc == CURLE_OK && (rc = api->easy_setopt(h, opt, val)) != CURLE_OK)                    \
+            snprintf(setup_error, sizeof setup_error, "libcurl refused %s: %s", #opt,              \
+                     api->easy_strerror(rc));                                                      \
     } while (0)
     SET(CURLOPT_URL, url);
     SET(CURLOPT_PRIVATE, (void *)t);
@@ -447,8 +460,10 @@ static CURLcode configure(http_transfer_t *t, const char *url, const cm_http_opt
     SET(CURLOPT_NOSIGNAL, 1L);
     SET(CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
     SET(CURLOPT_TIMEOUT_MS, o->timeout_ms);
-    SET(CURLOPT_SSL_VERIFYPEER, o->insecure ? 0L : 1L);
-    SET(CURLOPT_SSL_VERIFYHOST, o->insecure ? 0L : 2L);
+    if (strncasecmp(url, "https://", 8) == 0) {
+        SET(CURLOPT_SSL_VERIFYPEER, o->insecure ? 0L : 1L);
+        SET(CURLOPT_SSL_VERIFYHOST, o->insecure ? 0L : 2L);
+    }
     /* A proxy from the environment must never sit between us and a backend
      * on this machine. */
     SET(CURLOPT_NOPROXY, "localhost,127.0.0.1,::1");
@@ -500,9 +515,13 @@ int cm_http_get(uv_loop_t *loop, const char *url, const cm_http_opts_t *opts, cm
     t->data = data;
     t->max_bytes = o.max_bytes;
     t->easy = api->easy_init();
-    if (t->easy == NULL || configure(t, url, &o) != CURLE_OK) {
+    if (t->easy == NULL) {
         transfer_free(t);
         return UV_ENOMEM;
+    }
+    if (configure(t, url, &o) != CURLE_OK) {
+        transfer_free(t);
+        return UV_ENOTSUP;
     }
     /* Adding only schedules a 0 ms timeout: the transfer begins on the loop,
      * so the callback never runs before this function returns. */

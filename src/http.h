@@ -66,11 +66,15 @@ typedef void (*cm_http_cb)(const cm_http_result_t *result, void *data);
  * a loop callback (never from inside this call).  When cm_http_shutdown
  * aborts the transfer, `cb` still runs (so `data` can be freed) with
  * `cancelled` set and error CM_HTTP_ERROR; it must then not call into Lua.
- * Returns a negative libuv error code (UV_ENOMEM, UV_EINVAL, UV_ECANCELED)
- * when it could not start; `cb` is then never called.  Transfers on one loop
- * share a connection cache. */
+ * Returns a negative libuv error code (UV_ENOMEM, UV_EINVAL, UV_ECANCELED,
+ * UV_ENOTSUP: libcurl refused an option the transfer needs, named by
+ * cm_http_setup_error) when it could not start; `cb` is then never called.
+ * Transfers on one loop share a connection cache. */
 int cm_http_get(uv_loop_t *loop, const char *url, const cm_http_opts_t *opts, cm_http_cb cb,
                 void *data);
+
+/* After cm_http_get returned UV_ENOTSUP: which option libcurl refused and why. */
+const char *cm_http_setup_error(void);
 
 /* Aborts every transfer on `loop` (their callbacks run from this call with
  * `cancelled` set), cleans up the curl multi handle and closes the engine's

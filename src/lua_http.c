@@ -158,6 +158,8 @@ static int start_transfer(lua_State *L, const char *url, const cm_http_opts_t *o
             cm_curl_api(why, sizeof why);
             return cm_fail(L, "error", "HTTP is unavailable: %s", why);
         }
+        if (rc == UV_ENOTSUP)
+            return cm_fail(L, "error", "cannot start the transfer: %s", cm_http_setup_error());
         return cm_fail(L, "error", "cannot start the transfer: %s", uv_strerror(rc));
     }
     return cm_waiter_yield(L);
