@@ -253,6 +253,37 @@ static void test_health_refused(void **state)
     cmt_result_free(&r);
 }
 
+/* With a libcurl built without TLS (the fixture refuses the TLS options),
+ * http:// still works: TLS options are set for https:// only.  An https://
+ * URL fails naming the option libcurl refused. */
+static void test_http_without_tls(void **state)
+{
+    fixture_t *f = *state;
+    char *dir = cmt_fixture("curl-without-tls");
+    char ld[1024];
+    snprintf(ld, sizeof ld, "LD_LIBRARY_PATH=%s", dir);
+    free(dir);
+    const char *env[] = {ld, NULL};
+    cmt_result_t r = cmt_cm(f->root, env, RUN_MS, "backend", "health", "ollama", NULL);
+    assert_int_equal(r.code, 0);
+    contains(r.out, "2 models (llama3.2:1b, qwen2.5:0.5b)");
+    cmt_result_free(&r);
+
+    char *text = config_text(f, "ollama");
+    char *at = strstr(text, "\"http://127.0.0.1:");
+    assert_non_null(at);
+    size_t n = strlen(text) + 2;
+    char *https = malloc(n);
+    snprintf(https, n, "%.*s\"https%s", (int)(at - text), text, at + 5);
+    cmt_write_file(f->config, https);
+    free(https);
+    free(text);
+    r = cmt_cm(f->root, env, RUN_MS, "backend", "health", "ollama", NULL);
+    assert_int_equal(r.code, 1);
+    contains(r.out, "CURLOPT_SSL_VERIFYPEER");
+    cmt_result_free(&r);
+}
+
 /* The switch rewrites backend.active and nothing else: every other key,
  * their order, the number spellings, the Unicode and the file mode stay. */
 static void test_switch_keeps_everything(void **state)
@@ -509,6 +540,7 @@ int main(void)
         T(test_status_json),
         T(test_health_exit_codes),
         T(test_health_refused),
+        T(test_http_without_tls),
         T(test_switch_keeps_everything),
         T(test_switch_unknown_changes_nothing),
         T(test_switch_invalid_config),
