@@ -379,9 +379,21 @@ static void test_llamacpp_many_models_are_counted(void **state)
         free(dst);
     }
     free(src);
+    write_in_root(f, "models/.hidden.gguf", "not counted");
+    write_in_root(f, "models/readme.txt", "listed");
     write_config_port(f, cmt_free_port(), NULL, NULL);
     expect_verdict(f, "llamacpp", "true", "32 models (", QUICK_MS);
     expect_verdict(f, "llamacpp", "true", "first 32 of 40 GGUF files read", QUICK_MS);
+    /* cm.fs.list counts what ends in the suffix and lists the first few. */
+    setenv("CMT_ROOT", f->root, 1);
+    assert_int_equal(cmt_lua(LUA_PRELUDE
+                             "local names, n = cm.fs.list(root .. '/models', '.GGUF', 3)\n"
+                             "expect(n == 40, 'matched', n)\n"
+                             "expect(table.concat(names, ' ') == '.hidden.gguf m00.gguf m01.gguf "
+                             "m02.gguf readme.txt', table.concat(names, ' '))\n"
+                             "local all, none = cm.fs.list(root .. '/models')\n"
+                             "expect(#all == 42 and none == nil, #all)\n"),
+                     0);
 }
 
 static void test_llamacpp_no_model_dir(void **state)

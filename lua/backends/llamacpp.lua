@@ -182,20 +182,19 @@ local function scan_models(dir)
     local valid, invalid, seen = {}, {}, 0
     local counts = { files = 0, read = 0, truncated = false }
     local function walk(path, rel, depth)
-        for _, n in ipairs(cm.fs.list(path) or {}) do
+        -- The C side counts the GGUF files and lists only as many as can
+        -- still be read (no Lua string for a file that is only counted).
+        local names, matched = cm.fs.list(path, ".gguf", M.SCAN_MAX_READ - counts.read)
+        counts.files = counts.files + (matched or 0)
+        for _, n in ipairs(names or {}) do
             if seen >= M.SCAN_MAX_FILES then
                 counts.truncated = true
                 return
             end
             if n:sub(1, 1) ~= "." then
                 seen = seen + 1
-                -- No string is built for a file that is only counted.
                 local is_gguf = n:find("%.[gG][gG][uU][fF]$") ~= nil
-                if is_gguf then counts.files = counts.files + 1 end
-                local p, r
-                if not is_gguf or counts.read < M.SCAN_MAX_READ then
-                    p, r = path .. "/" .. n, rel and (rel .. "/" .. n) or n
-                end
+                local p, r = path .. "/" .. n, rel and (rel .. "/" .. n) or n
                 if is_gguf and counts.read < M.SCAN_MAX_READ then
                     counts.read = counts.read + 1
                     local lst = cm.fs.lstat(p)
