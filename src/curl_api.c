@@ -48,6 +48,7 @@ static int load(void)
              resolve(lib, &api.version, "curl_version") &&
              resolve(lib, &api.slist_append, "curl_slist_append") &&
              resolve(lib, &api.slist_free_all, "curl_slist_free_all");
+    /* (fixtures/curl_without_tls.c forwards each of these: add new ones there.) */
     /* The library stays loaded for the life of the process (curl keeps
      * global state), so a failure leaves it mapped too: harmless. */
     if (!ok) return 0;

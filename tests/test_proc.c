@@ -492,9 +492,12 @@ static int collect_pid(pid_t pid, void *arg)
 static void groups_found_among_descendants_and_beyond(void **state)
 {
     (void)state;
-    /* Our own group (no child of ours in it yet) is found by the scan. */
-    pid_t own = cm_proc_group_lowest(getpgrp());
-    assert_true(own > 0 && own <= getpid());
+    /* Our own group (no child of ours in it yet) is found by the scan; as
+     * the init of a PID namespace our group may lie outside it (0). */
+    if (getpgrp() > 0) {
+        pid_t own = cm_proc_group_lowest(getpgrp());
+        assert_true(own > 0 && own <= getpid());
+    }
     int fds[2];
     assert_int_equal(pipe(fds), 0);
     pid_t child = fork();
