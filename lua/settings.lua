@@ -32,7 +32,10 @@ M.defaults = {
     },
 }
 
-local function positive(v) return type(v) == "number" and v > 0 end
+-- Numbers that JSON spells but no wait can use (1e999 reads as infinity)
+-- are refused like any other wrong value.
+local function finite(v) return type(v) == "number" and v == v and v > -math.huge and v < math.huge end
+local function positive(v) return finite(v) and v > 0 end
 local function nonneg_int(v) return math.type(v) == "integer" and v >= 0 end
 local function port(v) return math.type(v) == "integer" and v >= 1 and v <= 65535 end
 local function str(v) return type(v) == "string" and v ~= "" end
@@ -87,7 +90,7 @@ local schema = {
     ["manager.restart.reset_after"] = { positive, "a positive number of seconds" },
     ["manager.fallback_after"] = { function(v) return math.type(v) == "integer" and v >= 1 end,
                                    "a whole number >= 1" },
-    ["manager.fallback_cooldown"] = { function(v) return type(v) == "number" and v >= 0 end,
+    ["manager.fallback_cooldown"] = { function(v) return finite(v) and v >= 0 end,
                                       "a number of seconds >= 0" },
     ["manager.failback_after"] = { function(v) return math.type(v) == "integer" and v >= 1 end,
                                    "a whole number >= 1" },

@@ -276,6 +276,10 @@ local wrong = {
     { "manager.app.switch_path", "5" }, { "manager.app.switch_path", '"api/backend/switch"' },
     { "manager.app.status_path", "false" },
     { "manager.start_timeout", "0" },
+    -- JSON spells infinity as 1e999: it passed as "positive" and then
+    -- failed every start.
+    { "manager.start_timeout", "1e999" }, { "manager.stop_timeout", "1e999" },
+    { "manager.health_timeout", "-1e999" }, { "manager.fallback_cooldown", "1e999" },
     { "manager.stop_timeout", "-5" },
     { "manager.health_path", "5" },
     { "manager.health_connect_timeout", '"5"' },

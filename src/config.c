@@ -48,12 +48,6 @@ static const char UTF8_BOM[] = "\xEF\xBB\xBF";
 #define CM_JSON_STR(x) CM_JSON_STR_(x)
 #define CM_JSON_DEPTH_TEXT CM_JSON_STR(CJSON_NESTING_LIMIT)
 
-const char *cm_errno_code(int err)
-{
-    const char *name = strerrorname_np(err);
-    return name != NULL ? name : "error";
-}
-
 static void set_error(cm_config_error_t *err, const char *code, int sys_errno, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -789,84 +783,25 @@ cm_config_t *cm_config_parse(const char *text, size_t len, const char *name, cm_
 }
 
 /* Reads a whole regular file of at most CM_CONFIG_MAX_BYTES into a
- * NUL-terminated buffer. */
+ * NUL-terminated buffer (cm_read_file: a FIFO cannot block it). */
 static char *read_file(const char *path, size_t *len, cm_config_error_t *err)
 {
-    /* O_NONBLOCK keeps a FIFO at this path from blocking the open; a
-     * regular file ignores it. */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-    if (fd < 0) {
-        int e = errno;
-        set_error(err, cm_errno_code(e), e, "%s: %s", path, strerror(e));
-        return NULL;
-    }
+    char *buf = cm_read_file(path, CM_CONFIG_MAX_BYTES, len);
+    if (buf != NULL) return buf;
+    int e = errno;
     struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int e = errno;
-        close(fd);
-        set_error(err, cm_errno_code(e), e, "%s: %s", path, strerror(e));
-        return NULL;
-    }
-    if (S_ISDIR(st.st_mode)) {
-        close(fd);
-        set_error(err, "EISDIR", EISDIR, "%s: %s", path, strerror(EISDIR));
-        return NULL;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        set_error(err, "type", 0, "%s: not a regular file", path);
-        return NULL;
-    }
-    if (st.st_size > (off_t)CM_CONFIG_MAX_BYTES) {
-        close(fd);
+    if (e == EFBIG && stat(path, &st) == 0 && st.st_size > (off_t)CM_CONFIG_MAX_BYTES)
         set_error(err, "too_large", 0, "%s: file too large (%lld bytes, limit 16 MiB)", path,
                   (long long)st.st_size);
-        return NULL;
-    }
-    /* The file may grow between fstat and read: read to the end, but never
-     * more than the limit plus one byte (which proves it too large). */
-    size_t cap = (size_t)st.st_size + 1, used = 0;
-    char *buf = malloc(cap + 1);
-    if (buf == NULL) {
-        close(fd);
-        set_error(err, "nomem", ENOMEM, "%s: out of memory", path);
-        return NULL;
-    }
-    for (;;) {
-        if (used == cap) {
-            if (cap > CM_CONFIG_MAX_BYTES) break;
-            size_t ncap = cap * 2 < CM_CONFIG_MAX_BYTES + 1 ? cap * 2 : CM_CONFIG_MAX_BYTES + 1;
-            char *nbuf = realloc(buf, ncap + 1);
-            if (nbuf == NULL) {
-                free(buf);
-                close(fd);
-                set_error(err, "nomem", ENOMEM, "%s: out of memory", path);
-                return NULL;
-            }
-            buf = nbuf;
-            cap = ncap;
-        }
-        ssize_t got = read(fd, buf + used, cap - used);
-        if (got < 0 && errno == EINTR) continue;
-        if (got < 0) {
-            int e = errno;
-            free(buf);
-            close(fd);
-            set_error(err, cm_errno_code(e), e, "%s: %s", path, strerror(e));
-            return NULL;
-        }
-        if (got == 0) break;
-        used += (size_t)got;
-    }
-    close(fd);
-    if (used > CM_CONFIG_MAX_BYTES) {
-        free(buf);
+    else if (e == EFBIG)
         set_error(err, "too_large", 0, "%s: file too large (more than 16 MiB)", path);
-        return NULL;
-    }
-    buf[used] = '\0';
-    *len = used;
-    return buf;
+    else if (e == CM_ENOTREG)
+        set_error(err, "type", 0, "%s: not a regular file", path);
+    else if (e == ENOMEM)
+        set_error(err, "nomem", ENOMEM, "%s: out of memory", path);
+    else
+        set_error(err, cm_errno_code(e), e, "%s: %s", path, strerror(e));
+    return NULL;
 }
 
 cm_config_t *cm_config_load(const char *path, cm_config_error_t *err)

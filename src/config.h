@@ -114,8 +114,4 @@ int cm_json_set_literal(cJSON *number, const char *literal);
  * (fractions, exponents, huge values). */
 int cm_json_integer(const cJSON *number, long long *out);
 
-/* The name of an errno value ("ENOENT"); "EIO"-style names for every errno
- * glibc knows, "error" otherwise.  Static string. */
-const char *cm_errno_code(int err);
-
 #endif

@@ -11,6 +11,80 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+const char *cm_errno_code(int err)
+{
+    const char *name = strerrorname_np(err);
+    return name != NULL ? name : "error";
+}
+
+int cm_open_regular(const char *path, struct stat *st)
+{
+    struct stat own;
+    if (st == NULL) st = &own;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0) return -1;
+    int err = 0;
+    if (fstat(fd, st) != 0)
+        err = errno;
+    else if (S_ISDIR(st->st_mode))
+        err = EISDIR;
+    else if (!S_ISREG(st->st_mode))
+        err = CM_ENOTREG;
+    else if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0)
+        err = errno;
+    if (err != 0) {
+        close(fd);
+        errno = err;
+        return -1;
+    }
+    return fd;
+}
+
+char *cm_read_file(const char *path, size_t max, size_t *len)
+{
+    struct stat st;
+    int fd = cm_open_regular(path, &st);
+    if (fd < 0) return NULL;
+    /* Start from the size it claims (plus one byte, which proves EOF or
+     * growth), never beyond max + 1 (which proves it too large). */
+    size_t cap = st.st_size > 0 && (size_t)st.st_size < max ? (size_t)st.st_size + 1 : 4096;
+    if (cap > max + 1) cap = max + 1;
+    size_t used = 0;
+    char *buf = malloc(cap + 1);
+    int err = buf == NULL ? ENOMEM : 0;
+    while (err == 0) {
+        if (used == cap) {
+            if (cap > max) {
+                err = EFBIG;
+                break;
+            }
+            size_t ncap = cap * 2 < max + 1 ? cap * 2 : max + 1;
+            char *nbuf = realloc(buf, ncap + 1);
+            if (nbuf == NULL) {
+                err = ENOMEM;
+                break;
+            }
+            buf = nbuf;
+            cap = ncap;
+        }
+        ssize_t got = read(fd, buf + used, cap - used);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) err = errno;
+        if (got <= 0) break;
+        used += (size_t)got;
+    }
+    close(fd);
+    if (err == 0 && used > max) err = EFBIG;
+    if (err != 0) {
+        free(buf);
+        errno = err;
+        return NULL;
+    }
+    buf[used] = '\0';
+    *len = used;
+    return buf;
+}
+
 int cm_write_all(int fd, const void *data, size_t len)
 {
     const char *p = data;

@@ -1,12 +1,36 @@
 /*
- * File writing shared by the config writer (config.c) and cm.fs (lua_fs.c):
- * whole writes, and replacing a file atomically.
+ * File work shared by the config writer (config.c), the GGUF reader and
+ * cm.* (lua_*.c): errno names, whole writes, and replacing a file
+ * atomically.
  */
 #ifndef CM_FSUTIL_H
 #define CM_FSUTIL_H
 
+#include <errno.h>
 #include <stddef.h>
+#include <sys/stat.h>
 #include <sys/types.h>
+
+/* The name of an errno value ("ENOENT"); the name of every errno glibc
+ * knows, "error" otherwise.  Static string.  The one errno namer: every
+ * "nil, msg, code" failure from a system call uses it for the code. */
+const char *cm_errno_code(int err);
+
+/* errno of cm_open_regular and cm_read_file for a path that exists but is
+ * neither a regular file nor a directory (a FIFO, a socket, a device). */
+#define CM_ENOTREG EINVAL
+
+/* The one safe way to open a file to read: the open cannot block (a FIFO at
+ * the path), and only a regular file is accepted (EISDIR for a directory,
+ * CM_ENOTREG for anything else).  Fills *st when st is not NULL.  Returns
+ * the descriptor (blocking again, close-on-exec), or -1 with errno set. */
+int cm_open_regular(const char *path, struct stat *st);
+
+/* The one whole-file reader, on top of cm_open_regular: at most `max` bytes
+ * (EFBIG when the file holds more, whatever its size claims: /proc files
+ * say 0).  Returns a malloc'd buffer with a NUL after the *len bytes, or
+ * NULL with errno set. */
+char *cm_read_file(const char *path, size_t max, size_t *len);
 
 /* Writes all len bytes to fd, across short writes and EINTR.  Returns 0, or
  * -1 with errno set. */

@@ -19,6 +19,7 @@
  * claims, and every claimed size is checked against the bytes that remain.
  */
 #include "gguf.h"
+#include "fsutil.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -511,25 +512,17 @@ int cm_gguf_read(const char *path, cm_gguf_info_t *out, char *err, size_t errlen
     out->parameter_count = -1;
     if (errlen > 0) err[0] = '\0';
 
-    /* O_NONBLOCK keeps a FIFO at this path from blocking the open. */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-    if (fd < 0) return os_error(err, errlen, path, errno);
     struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int e = errno;
-        close(fd);
-        return os_error(err, errlen, path, e);
-    }
-    if (S_ISDIR(st.st_mode)) {
-        close(fd);
+    int fd = cm_open_regular(path, &st);
+    if (fd < 0 && errno == EISDIR) {
         snprintf(err, errlen, "%s: is a directory", path);
         return EISDIR;
     }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
+    if (fd < 0 && errno == CM_ENOTREG) {
         snprintf(err, errlen, "%s: not a regular file", path);
         return CM_GGUF_INVALID;
     }
+    if (fd < 0) return os_error(err, errlen, path, errno);
     reader_t *r = malloc(sizeof(*r));
     if (r == NULL) {
         close(fd);

@@ -247,7 +247,7 @@ static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
     if (timeout_ms < 0)
         uv_timer_stop(&e->timer);
     else
-        uv_timer_start(&e->timer, on_timer, (uint64_t)timeout_ms, 0);
+        cm_timer_start(&e->timer, on_timer, (uint64_t)timeout_ms, 0);
     return 0;
 }
 

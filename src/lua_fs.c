@@ -25,42 +25,28 @@
 
 static int fail_errno(lua_State *L, const char *path, int err)
 {
-    return cm_fail(L, uv_err_name(uv_translate_sys_error(err)), "%s: %s", path, strerror(err));
+    return cm_fail(L, cm_errno_code(err), "%s: %s", path, strerror(err));
+}
+
+/* Fails for a path that cm_open_regular/cm_read_file refused (errno). */
+static int fail_read(lua_State *L, const char *path, int err, lua_Integer max)
+{
+    if (err == CM_ENOTREG) return cm_fail(L, "type", "%s: not a regular file", path);
+    if (err == EFBIG)
+        return cm_fail(L, "too_large", "%s: larger than %lld bytes", path, (long long)max);
+    return fail_errno(L, path, err);
 }
 
 static int l_read(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     lua_Integer max = luaL_optinteger(L, 2, 64 * 1024 * 1024);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return fail_errno(L, path, errno);
-    struct stat st;
-    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
-        close(fd);
-        return fail_errno(L, path, EISDIR);
-    }
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    lua_Integer total = 0;
-    for (;;) {
-        char *p = luaL_prepbuffer(&b);
-        ssize_t n = read(fd, p, LUAL_BUFFERSIZE);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
-            int err = errno;
-            close(fd);
-            return fail_errno(L, path, err);
-        }
-        if (n == 0) break;
-        if (total + n > max) {
-            close(fd);
-            return cm_fail(L, "too_large", "%s: larger than %d bytes", path, (int)max);
-        }
-        total += n;
-        luaL_addsize(&b, (size_t)n);
-    }
-    close(fd);
-    luaL_pushresult(&b);
+    luaL_argcheck(L, max >= 0, 2, "max_bytes must not be negative");
+    size_t len;
+    char *data = cm_read_file(path, (size_t)max, &len);
+    if (data == NULL) return fail_read(L, path, errno, max);
+    lua_pushlstring(L, data, len);
+    free(data);
     return 1;
 }
 
@@ -70,8 +56,9 @@ static int l_read_from(lua_State *L)
     const char *path = luaL_checkstring(L, 1);
     lua_Integer offset = luaL_checkinteger(L, 2);
     lua_Integer max = luaL_optinteger(L, 3, 1024 * 1024);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return fail_errno(L, path, errno);
+    luaL_argcheck(L, offset >= 0 && max >= 0, 2, "offset and max_bytes must not be negative");
+    int fd = cm_open_regular(path, NULL);
+    if (fd < 0) return fail_read(L, path, errno, max);
     luaL_Buffer b;
     char *p = luaL_buffinitsize(L, &b, (size_t)max);
     ssize_t n = pread(fd, p, (size_t)max, (off_t)offset);
@@ -100,8 +87,7 @@ static int l_write_atomic(lua_State *L)
     if (cm_replace_file(path, data, len, mode, (uid_t)-1, (gid_t)-1, sync, what, sizeof what) !=
         0) {
         int err = errno;
-        return cm_fail(L, uv_err_name(uv_translate_sys_error(err)), "%s: %s (%s)", path,
-                       strerror(err), what);
+        return cm_fail(L, cm_errno_code(err), "%s: %s (%s)", path, strerror(err), what);
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -381,7 +367,7 @@ static int l_lock(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     int shared = cm_opt_bool_field(L, 2, "shared", 0);
-    lua_Number timeout = cm_opt_num_field(L, 2, "timeout", 0);
+    uint64_t timeout = cm_ms(L, 2, cm_opt_num_field(L, 2, "timeout", 0));
     int op = shared ? LOCK_SH : LOCK_EX;
     cm_waiter_t waiter;
     if (timeout > 0) cm_waiter_begin(L, &waiter); /* may raise: before the fd */
@@ -414,10 +400,10 @@ static int l_lock(lua_State *L)
     w->waiter = waiter;
     w->fd = fd;
     w->op = op;
-    w->deadline = cm_now_ms() + timeout;
+    w->deadline = cm_now_ms() + (double)timeout;
     uv_timer_init(cm_loop(L), &w->timer);
     w->timer.data = w;
-    uv_timer_start(&w->timer, lock_retry_cb, 5, 5);
+    cm_timer_start(&w->timer, lock_retry_cb, 5, 5);
     return cm_waiter_yield(L);
 }
 
@@ -538,6 +524,7 @@ static int l_watch_wait(lua_State *L)
 {
     watch_obj_t **box = luaL_checkudata(L, 1, WATCH_MT);
     lua_Number timeout = luaL_optnumber(L, 2, -1);
+    uint64_t ms = cm_ms(L, 2, timeout);
     if (*box == NULL) return luaL_error(L, "watcher is closed");
     watch_obj_t *w = *box;
     if (w->pending) {
@@ -546,7 +533,7 @@ static int l_watch_wait(lua_State *L)
         return 1;
     }
     cm_waiter_begin(L, &w->waiter);
-    if (timeout >= 0) uv_timer_start(&w->timer, watch_timeout_cb, (uint64_t)timeout, 0);
+    if (!(timeout < 0)) cm_timer_start(&w->timer, watch_timeout_cb, ms, 0);
     return cm_waiter_yield(L);
 }
 

@@ -11,6 +11,7 @@
 
 #include "cm_modules.h"
 #include "config.h"
+#include "fsutil.h"
 #include "gguf.h"
 #include "runtime.h"
 

@@ -15,6 +15,7 @@
  * may then belong to someone else.
  */
 #include "cm_modules.h"
+#include "fsutil.h"
 #include "proc.h"
 #include "runtime.h"
 
@@ -39,14 +40,6 @@
 #define FALLBACK_TICK_MS 10
 
 /* ---- small helpers ------------------------------------------------------ */
-
-/* Milliseconds from Lua to a libuv timeout (negative means now). */
-static uint64_t to_uv_ms(lua_Number ms)
-{
-    if (!(ms > 0)) return 0;
-    if (ms > 1e12) return (uint64_t)1e12;
-    return (uint64_t)ms;
-}
 
 /* The signal at idx: nil (TERM), a number 0..64 or a name such as "TERM" or
  * "SIGKILL".  An unknown name is a programming error and raises. */
@@ -74,7 +67,7 @@ static lua_Integer exit_code(int64_t status, int term_signal)
 
 static int fail_errno(lua_State *L, int err, const char *what)
 {
-    return cm_fail(L, uv_err_name(-err), "%s: %s", what, strerror(err));
+    return cm_fail(L, cm_errno_code(err), "%s: %s", what, strerror(err));
 }
 
 /* ---- jobs: a parked task plus the handles it waits on ------------------ */
@@ -448,7 +441,7 @@ static int l_run(lua_State *L)
 {
     cmd_t cmd;
     cmd_build(L, 1, &cmd); /* [opts, ..., arena] */
-    lua_Number timeout = cm_opt_num_field(L, 1, "timeout", 0);
+    uint64_t timeout = cm_ms(L, 1, cm_opt_num_field(L, 1, "timeout", 0));
     lua_Integer max_output = cm_opt_int_field(L, 1, "max_output", DEFAULT_MAX_OUTPUT);
     if (max_output < 0) return luaL_error(L, "option 'max_output' must not be negative");
     cm_waiter_t w;
@@ -499,7 +492,7 @@ static int l_run(lua_State *L)
         run_stream_done(&r->out_pipe, &r->out);
     if (uv_read_start((uv_stream_t *)&r->err_pipe, run_alloc_cb, run_read_cb) != 0)
         run_stream_done(&r->err_pipe, &r->err);
-    if (timeout > 0) uv_timer_start(&r->timer, run_timeout_cb, to_uv_ms(timeout), 0);
+    if (timeout > 0) cm_timer_start(&r->timer, run_timeout_cb, timeout, 0);
     return cm_waiter_yield(L);
 }
 
@@ -721,7 +714,7 @@ static int do_kill(lua_State *L, int group)
         return cm_fail(L, "EINVAL", "refusing to signal our own process group %d", (int)id);
     if (kill(group ? -(pid_t)id : (pid_t)id, sig) != 0) {
         int err = errno;
-        return cm_fail(L, uv_err_name(-err), "kill %s%d: %s", group ? "-" : "", (int)id,
+        return cm_fail(L, cm_errno_code(err), "kill %s%d: %s", group ? "-" : "", (int)id,
                        strerror(err));
     }
     lua_pushboolean(L, 1);
@@ -1067,7 +1060,7 @@ static int wait_arm(wait_job_t *wj)
         return 0;
     }
     if (!uv_is_active((uv_handle_t *)&wj->tick))
-        uv_timer_start(&wj->tick, wait_tick_cb, FALLBACK_TICK_MS, FALLBACK_TICK_MS);
+        cm_timer_start(&wj->tick, wait_tick_cb, FALLBACK_TICK_MS, FALLBACK_TICK_MS);
     return 0;
 }
 
@@ -1090,7 +1083,7 @@ static void wait_deadline_cb(uv_timer_t *t)
 static int do_wait(lua_State *L, int group)
 {
     lua_Integer id = luaL_checkinteger(L, 1);
-    lua_Number timeout = luaL_checknumber(L, 2);
+    uint64_t timeout = cm_ms(L, 2, luaL_checknumber(L, 2));
     cm_waiter_t w;
     cm_waiter_begin(L, &w);
     if (id <= 0 || id > INT_MAX)
@@ -1121,7 +1114,7 @@ static int do_wait(lua_State *L, int group)
         lua_pushboolean(L, 1);
         return 1;
     }
-    uv_timer_start(&wj->deadline, wait_deadline_cb, to_uv_ms(timeout), 0);
+    cm_timer_start(&wj->deadline, wait_deadline_cb, timeout, 0);
     return cm_waiter_yield(L);
 }
 
@@ -1221,7 +1214,7 @@ static void read_deadline_cb(uv_timer_t *t)
 static int l_read_fd(lua_State *L)
 {
     lua_Integer fd = luaL_checkinteger(L, 1);
-    lua_Number timeout = luaL_checknumber(L, 2);
+    uint64_t timeout = cm_ms(L, 2, luaL_checknumber(L, 2));
     cm_waiter_t w;
     cm_waiter_begin(L, &w);
     if (fd < 0 || fd > INT_MAX) return cm_fail(L, "EBADF", "bad file descriptor: %d", (int)fd);
@@ -1250,7 +1243,7 @@ static int l_read_fd(lua_State *L)
         read_teardown(&rj->job.owner);
         return cm_fail(L, uv_err_name(rc), "read_fd %d: %s", (int)fd, uv_strerror(rc));
     }
-    uv_timer_start(&rj->deadline, read_deadline_cb, to_uv_ms(timeout), 0);
+    cm_timer_start(&rj->deadline, read_deadline_cb, timeout, 0);
     return cm_waiter_yield(L);
 }
 

@@ -42,7 +42,7 @@ static void sleep_done_cb(uv_timer_t *t)
 
 static int l_sleep(lua_State *L)
 {
-    lua_Number ms = luaL_checknumber(L, 1);
+    uint64_t ms = cm_ms(L, 1, luaL_checknumber(L, 1));
     cm_waiter_t w;
     cm_waiter_begin(L, &w);
     sleep_req_t *r = malloc(sizeof *r);
@@ -51,7 +51,7 @@ static int l_sleep(lua_State *L)
     r->waiter = w;
     uv_timer_init(cm_loop(L), &r->timer);
     r->timer.data = r;
-    uv_timer_start(&r->timer, sleep_done_cb, ms > 0 ? (uint64_t)ms : 0, 0);
+    cm_timer_start(&r->timer, sleep_done_cb, ms, 0);
     return cm_waiter_yield(L);
 }
 
@@ -105,8 +105,8 @@ static void timer_fire_cb(uv_timer_t *h)
 
 static int l_timer(lua_State *L)
 {
-    lua_Number ms = luaL_checknumber(L, 1);
-    lua_Number rep = luaL_optnumber(L, 2, 0);
+    uint64_t ms = cm_ms(L, 1, luaL_checknumber(L, 1));
+    uint64_t rep = cm_ms(L, 2, luaL_optnumber(L, 2, 0));
     luaL_checktype(L, 3, LUA_TFUNCTION);
     timer_obj_t **box = lua_newuserdatauv(L, sizeof *box, 0); /* [ms, rep, fn, box] */
     *box = NULL;
@@ -121,8 +121,7 @@ static int l_timer(lua_State *L)
     *box = t;
     uv_timer_init(cm_loop(L), &t->timer);
     t->timer.data = t;
-    uv_timer_start(&t->timer, timer_fire_cb, ms > 0 ? (uint64_t)ms : 0,
-                   rep > 0 ? (uint64_t)rep : 0);
+    cm_timer_start(&t->timer, timer_fire_cb, ms, rep);
     return 1;
 }
 
@@ -161,7 +160,9 @@ static int l_wall(lua_State *L)
 static int l_strftime(lua_State *L)
 {
     const char *fmt = luaL_checkstring(L, 1);
-    time_t when = (time_t)luaL_optnumber(L, 2, (lua_Number)time(NULL));
+    lua_Number t = luaL_optnumber(L, 2, (lua_Number)time(NULL));
+    luaL_argcheck(L, t > -1e15 && t < 1e15, 2, "seconds out of range");
+    time_t when = (time_t)t;
     struct tm tm;
     char buf[256];
     localtime_r(&when, &tm);

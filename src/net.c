@@ -92,7 +92,7 @@ static void on_connect_timer(uv_timer_t *timer)
 static void connect_fail_soon(net_connect_t *c, int status)
 {
     c->early_error = status;
-    uv_timer_start(&c->timer, on_connect_timer, 0, 0);
+    cm_timer_start(&c->timer, on_connect_timer, 0, 0);
 }
 
 static void on_connected(uv_connect_t *req, int status)
@@ -179,7 +179,7 @@ int cm_net_connect(uv_loop_t *loop, const char *host, int port, uint64_t timeout
     uv_timer_init(loop, &c->timer);
     c->timer.data = c;
     c->refs = 1;
-    uv_timer_start(&c->timer, on_connect_timer, timeout_ms, 0);
+    cm_timer_start(&c->timer, on_connect_timer, timeout_ms, 0);
 
     struct sockaddr_storage addr;
     if (cm_net_parse_addr(host, port, &addr) == 0) {

@@ -4,6 +4,7 @@
  * small file per process, a few hundred on a desktop.
  */
 #include "proc.h"
+#include "fsutil.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -20,6 +21,9 @@
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434 /* the same number on every architecture */
 #endif
+
+/* /proc files (an environment, a cmdline) are read whole up to this size. */
+#define PROC_FILE_MAX (16u * 1024 * 1024)
 
 int cm_proc_parse_stat(const char *line, cm_proc_stat_t *st)
 {
@@ -142,44 +146,7 @@ char *cm_proc_read_file(pid_t pid, const char *what, size_t *len)
 {
     char path[96];
     snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, what);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return NULL;
-    /* /proc files report size 0, so read until EOF into a growing buffer. */
-    size_t cap = 4096, used = 0;
-    char *buf = malloc(cap);
-    if (buf == NULL) {
-        close(fd);
-        errno = ENOMEM;
-        return NULL;
-    }
-    for (;;) {
-        if (cap - used < 2) {
-            char *grown = realloc(buf, cap * 2);
-            if (grown == NULL) {
-                free(buf);
-                close(fd);
-                errno = ENOMEM;
-                return NULL;
-            }
-            buf = grown;
-            cap *= 2;
-        }
-        ssize_t n = read(fd, buf + used, cap - used - 1);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
-            int err = errno;
-            free(buf);
-            close(fd);
-            errno = err;
-            return NULL;
-        }
-        if (n == 0) break;
-        used += (size_t)n;
-    }
-    close(fd);
-    buf[used] = '\0';
-    *len = used;
-    return buf;
+    return cm_read_file(path, PROC_FILE_MAX, len);
 }
 
 int cm_proc_uid(pid_t pid, uid_t *uid)

@@ -17,6 +17,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <lualib.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,6 +96,20 @@ uv_loop_t *cm_runtime_loop(cm_runtime_t *rt)
 double cm_now_ms(void)
 {
     return (double)uv_hrtime() / 1e6;
+}
+
+uint64_t cm_ms(lua_State *L, int arg, lua_Number ms)
+{
+    if (isnan(ms) || isinf(ms)) luaL_argerror(L, arg, "milliseconds must be a finite number");
+    if (!(ms > 0)) return 0;
+    if (ms > CM_MAX_MS) return (uint64_t)CM_MAX_MS;
+    return (uint64_t)ms;
+}
+
+int cm_timer_start(uv_timer_t *t, uv_timer_cb cb, uint64_t timeout, uint64_t repeat)
+{
+    uv_update_time(t->loop);
+    return uv_timer_start(t, cb, timeout, repeat);
 }
 
 /* ---- protected calls and error reports -------------------------------- */
@@ -467,6 +482,7 @@ static int l_event_wait(lua_State *L)
 {
     event_obj_t *e = luaL_checkudata(L, 1, EVENT_MT);
     lua_Number timeout = luaL_optnumber(L, 2, -1);
+    uint64_t ms = cm_ms(L, 2, timeout); /* may raise: first */
     if (e->is_set) return event_push_values(L, e->values_ref);
     cm_waiter_t waiter;
     cm_waiter_begin(L, &waiter);
@@ -479,7 +495,7 @@ static int l_event_wait(lua_State *L)
     e->waiters = w;
     uv_timer_init(cm_loop(L), &w->timer);
     w->timer.data = w;
-    if (timeout >= 0) uv_timer_start(&w->timer, event_timeout_cb, (uint64_t)timeout, 0);
+    if (!(timeout < 0)) cm_timer_start(&w->timer, event_timeout_cb, ms, 0);
     return cm_waiter_yield(L);
 }
 

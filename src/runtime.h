@@ -127,4 +127,16 @@ const char *cm_opt_str_field(lua_State *L, int idx, const char *key, const char 
 /* Milliseconds on the monotonic clock. */
 double cm_now_ms(void);
 
+/* The one conversion of a Lua duration in milliseconds (argument `arg`,
+ * value `ms`) to a libuv timeout: NaN and infinities raise an argument error
+ * (a finite wait was meant), a negative value is 0, and a value beyond
+ * CM_MAX_MS (about 31 years) is CM_MAX_MS. */
+#define CM_MAX_MS 1e12
+uint64_t cm_ms(lua_State *L, int arg, lua_Number ms);
+
+/* uv_timer_start measured from now: libuv's cached loop time is brought up
+ * to date first, so a timer started after long work in a callback does not
+ * fire early.  Every timer start goes through this. */
+int cm_timer_start(uv_timer_t *t, uv_timer_cb cb, uint64_t timeout, uint64_t repeat);
+
 #endif

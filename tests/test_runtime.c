@@ -31,6 +31,60 @@ static void two_sleeps_overlap(void **state)
         0);
 }
 
+/* A timer is measured from when it is started, not from libuv's cached loop
+ * time: after 200 ms of work in the same callback, a 300 ms sleep (and a
+ * one-shot timer, and an event wait's timeout) still lasts 300 ms. */
+static void timers_after_busy_work_do_not_fire_early(void **state)
+{
+    (void)state;
+    assert_int_equal(cmt_lua("local function busy(ms) local t = cm.time.now() while cm.time.now() "
+                             "- t < ms do end end\n"
+                             "cm.time.sleep(1)\n"
+                             "busy(200)\n"
+                             "local t0 = cm.time.now()\n"
+                             "cm.time.sleep(300)\n"
+                             "local slept = cm.time.now() - t0\n"
+                             "assert(slept >= 295, 'sleep returned early: ' .. slept)\n"
+                             "busy(200)\n"
+                             "t0 = cm.time.now()\n"
+                             "local ev = cm.task.event()\n"
+                             "assert(select(2, ev:wait(300)) == 'timeout')\n"
+                             "slept = cm.time.now() - t0\n"
+                             "assert(slept >= 295, 'event wait timed out early: ' .. slept)\n"
+                             "busy(200)\n"
+                             "t0 = cm.time.now()\n"
+                             "local fired = cm.task.event()\n"
+                             "cm.time.timer(300, 0, function() fired:set(cm.time.now() - t0) end)\n"
+                             "slept = fired:wait()\n"
+                             "assert(slept >= 295, 'timer fired early: ' .. slept)\n"),
+                     0);
+}
+
+/* Durations that are not finite are programming errors, not "no wait" or
+ * "forever": sleep, timer, event waits and process timeouts raise. */
+static void non_finite_durations_are_refused(void **state)
+{
+    (void)state;
+    assert_int_equal(cmt_lua("for _, v in ipairs({ math.huge, -math.huge, 0/0 }) do\n"
+                             "  local calls = {\n"
+                             "    function() cm.time.sleep(v) end,\n"
+                             "    function() cm.time.timer(v, 0, function() end) end,\n"
+                             "    function() cm.time.timer(1, v, function() end) end,\n"
+                             "    function() cm.task.event():wait(v) end,\n"
+                             "    function() cm.proc.run{ argv = { 'true' }, timeout = v } end,\n"
+                             "    function() cm.proc.wait_exit(cm.sys.pid(), v) end,\n"
+                             "    function() cm.fs.lock('/tmp/cm-non-finite.lock', { wait = true, "
+                             "timeout = v }) end,\n"
+                             "  }\n"
+                             "  for i, f in ipairs(calls) do\n"
+                             "    local ok, err = pcall(f)\n"
+                             "    assert(not ok and tostring(err):find('finite', 1, true), i .. ': "
+                             "' .. tostring(v) .. ': ' .. tostring(err))\n"
+                             "  end\n"
+                             "end\n"),
+                     0);
+}
+
 static void join_reports_errors(void **state)
 {
     (void)state;
@@ -210,6 +264,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(two_sleeps_overlap),
+        cmocka_unit_test(timers_after_busy_work_do_not_fire_early),
+        cmocka_unit_test(non_finite_durations_are_refused),
         cmocka_unit_test(join_reports_errors),
         cmocka_unit_test(main_task_error_exits_1),
         cmocka_unit_test(plain_coroutine_cannot_wait),
