@@ -32,6 +32,11 @@
 #include <unistd.h>
 
 #define READ_BUFFER (64 * 1024)
+/* The header, metadata and tensor infos must lie in the file's first 64 MiB
+ * (real models need a few MiB, most of it the vocabulary): a forged header
+ * over a sparse file (16 GiB on 4 KiB of disk) cannot make a check read for
+ * minutes. */
+#define MAX_HEADER_BYTES ((uint64_t)64 << 20)
 #define MAX_KV_COUNT ((uint64_t)1 << 20)
 #define MAX_TENSOR_COUNT ((uint64_t)1 << 20)
 #define MAX_ARRAY_DEPTH 4    /* arrays of arrays of ... */
@@ -105,6 +110,11 @@ static int read_bytes(reader_t *r, void *dst, size_t n, const char *what)
 {
     int rc = need(r, n, what);
     if (rc != 0) return rc;
+    if (r->pos + n > MAX_HEADER_BYTES)
+        return invalid(r,
+                       "its metadata goes on past %" PRIu64 " MiB (at %s): not a model header "
+                       "this manager reads (a forged or damaged file?)",
+                       MAX_HEADER_BYTES >> 20, what);
     unsigned char *out = dst;
     while (n > 0) {
         if (r->pos < r->buf_off || r->pos >= r->buf_off + r->buf_len) {
@@ -382,6 +392,13 @@ static int check_tensors(reader_t *r, uint64_t count, uint64_t alignment)
         return invalid(r,
                        "truncated: the tensor data needs %" PRIu64 " bytes but the file ends "
                        "at byte %" PRIu64 " (an incomplete download?)",
+                       data_start + data_end, r->size);
+    /* The header and the size must agree both ways: the data ends at the
+     * end of the file, give or take the alignment padding. */
+    if (r->size - data_start - data_end > alignment)
+        return invalid(r,
+                       "the tensor data ends at byte %" PRIu64 " but the file goes on to byte "
+                       "%" PRIu64 " (its header does not describe it)",
                        data_start + data_end, r->size);
     return 0;
 }

@@ -162,6 +162,48 @@ static void assert_verdict(const char *name, const void *data, size_t len, int e
     free(path);
 }
 
+/* Sparse files: 16 GiB that take a few KiB of disk.  A header that claims
+ * 2^30 empty strings over the zeros made the reader read all 16 GiB (160 s
+ * for one model); it stops at the 64 MiB header bound, well inside a health
+ * check's deadline.  A file longer than its header says is not a model as
+ * written either. */
+static void test_sparse_and_oversized_files(void **state)
+{
+    (void)state;
+    const uint64_t huge = (uint64_t)16 << 30;
+    gguf_writer w = {.version = 3};
+    gguf_put_header(&w, 0, 1);
+    gguf_put_string(&w, "tokenizer.ggml.tokens");
+    gguf_put_u32(&w, 9); /* array */
+    gguf_put_u32(&w, 8); /* of strings */
+    gguf_put_u64(&w, (uint64_t)1 << 30);
+    char *path = save("sparse-strings.gguf", w.data, w.len);
+    free(w.data);
+    assert_int_equal(truncate(path, (off_t)huge), 0);
+    cm_gguf_info_t info;
+    char err[512];
+    double t0 = cmt_now_ms();
+    int rc = read_file_verdict(path, &info, err, sizeof err);
+    double ms = cmt_now_ms() - t0;
+    free(path);
+    if (rc != CM_GGUF_INVALID || strstr(err, "metadata goes on past 64 MiB") == NULL || ms > 1500) {
+        print_error("sparse file: rc %d, %.0f ms, '%s'\n", rc, ms, err);
+        fail();
+    }
+
+    /* A valid tiny model with 16 GiB of (sparse) zeros after its data. */
+    w = tiny_model(3);
+    path = save("oversized.gguf", w.data, w.len);
+    free(w.data);
+    assert_int_equal(truncate(path, (off_t)huge), 0);
+    rc = read_file_verdict(path, &info, err, sizeof err);
+    free(path);
+    if (rc != CM_GGUF_INVALID || strstr(err, "its header does not describe it") == NULL) {
+        print_error("oversized file: rc %d, '%s'\n", rc, err);
+        fail();
+    }
+}
+
 static void test_valid_files(void **state)
 {
     (void)state;
@@ -492,6 +534,7 @@ int main(void)
         cmocka_unit_test(test_fixture_samples),
         cmocka_unit_test(test_every_truncation_is_refused),
         cmocka_unit_test(test_random_mutations_never_crash),
+        cmocka_unit_test(test_sparse_and_oversized_files),
     };
     return cmocka_run_group_tests_name("gguf", tests, setup, teardown);
 }
