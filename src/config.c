@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -38,10 +39,12 @@
 
 /* How long a save waits for the lock before giving up, and how often it
  * retries meanwhile. */
-#define LOCK_WAIT_MS 5000
-#define LOCK_RETRY_MS 10
 
 static const char UTF8_BOM[] = "\xEF\xBB\xBF";
+/* U+10FFFF in UTF-8 and as a JSON escape: what stands for a NUL in a
+ * config's strings (see protect_nuls). */
+#define NUL_MARK "\xF4\x8F\xBF\xBF"
+#define NUL_MARK_ESCAPE "\\uDBFF\\uDFFF"
 
 /* CM_JSON_MAX_DEPTH as text, for messages. */
 #define CM_JSON_STR_(x) #x
@@ -541,6 +544,7 @@ typedef struct outbuf {
     char *p;
     size_t len, cap;
     int failed;
+    int nul_marks; /* U+10FFFF stands for a NUL (see protect_nuls) */
 } outbuf_t;
 
 static void put(outbuf_t *b, const char *s, size_t n)
@@ -588,6 +592,13 @@ static void put_string(outbuf_t *b, const char *s)
     const char *run = s;
     for (const char *p = s; *p != '\0'; p++) {
         unsigned char c = (unsigned char)*p;
+        if (b->nul_marks && memcmp(p, NUL_MARK, 4) == 0) {
+            put(b, run, (size_t)(p - run));
+            puts_(b, "\\u0000");
+            p += 3;
+            run = p + 1;
+            continue;
+        }
         if (c >= 0x20 && c != '"' && c != '\\') continue;
         put(b, run, (size_t)(p - run));
         run = p + 1;
@@ -723,6 +734,139 @@ static const char *json_type_name(const cJSON *node)
     }
 }
 
+/* ---- where cJSON and Python's json disagree ------------------------------------ */
+
+/* cJSON's strings end at a NUL, so "\u0000" in a key or a value would be
+ * cut there (and "k\u0000ey" would become a second "k").  Such escapes are
+ * parsed as the escape of U+10FFFF instead, which the printer writes back
+ * as "\u0000" (Python's spelling), so a save keeps every byte.  Returns a
+ * malloc'd copy with the escapes swapped (*out_n bytes), or NULL when there
+ * are none (*conflict = 1 when the text holds U+10FFFF itself, which would
+ * then be ambiguous). */
+
+static char *protect_nuls(const char *s, size_t n, size_t *out_n, int *conflict)
+{
+    *conflict = 0;
+    size_t count = 0;
+    int in_string = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '"') {
+            in_string = !in_string;
+        } else if (in_string && s[i] == '\\' && i + 1 < n) {
+            if (i + 5 < n && s[i + 1] == 'u' && memcmp(s + i + 2, "0000", 4) == 0) count++;
+            if (i + 5 < n && s[i + 1] == 'u' && strncasecmp(s + i + 2, "dbff", 4) == 0)
+                *conflict = 1;
+            i++;
+        } else if (i + 3 < n && memcmp(s + i, NUL_MARK, 4) == 0) {
+            *conflict = 1;
+        }
+    }
+    if (count == 0) *conflict = 0; /* nothing to stand in for */
+    if (count == 0 || *conflict) return NULL;
+    size_t len = n + count * (sizeof(NUL_MARK_ESCAPE) - 1 - 6);
+    char *out = malloc(len + 1);
+    if (out == NULL) return NULL;
+    size_t o = 0;
+    in_string = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '"') {
+            in_string = !in_string;
+        } else if (in_string && s[i] == '\\' && i + 1 < n) {
+            if (i + 5 < n && s[i + 1] == 'u' && memcmp(s + i + 2, "0000", 4) == 0) {
+                memcpy(out + o, NUL_MARK_ESCAPE, sizeof(NUL_MARK_ESCAPE) - 1);
+                o += sizeof(NUL_MARK_ESCAPE) - 1;
+                i += 5;
+                continue;
+            }
+            out[o++] = s[i++];
+        }
+        out[o++] = s[i];
+    }
+    out[o] = '\0';
+    *out_n = o;
+    return out;
+}
+
+static int compare_names(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The first key that occurs twice in one object (Python's json keeps the
+ * last, cJSON finds the first: the app and the manager would read
+ * different values), with the dotted path of its object; NULL when none. */
+static const char *duplicate_key(const cJSON *node, char *where, size_t wlen, size_t at)
+{
+    int n = 0;
+    for (const cJSON *c = node->child; c != NULL; c = c->next)
+        n++;
+    if (cJSON_IsObject(node) && n > 1) {
+        const char **names = malloc((size_t)n * sizeof *names);
+        if (names != NULL) {
+            int k = 0;
+            for (const cJSON *c = node->child; c != NULL; c = c->next)
+                names[k++] = c->string != NULL ? c->string : "";
+            qsort(names, (size_t)n, sizeof *names, compare_names);
+            for (int i = 1; i < n; i++) {
+                if (strcmp(names[i - 1], names[i]) == 0) {
+                    const char *dup = names[i];
+                    free(names);
+                    return dup;
+                }
+            }
+            free(names);
+        }
+    }
+    for (const cJSON *c = node->child; c != NULL; c = c->next) {
+        if (c->child == NULL) continue;
+        size_t next = at;
+        if (cJSON_IsObject(node) && c->string != NULL)
+            next = at + (size_t)snprintf(where + at, at < wlen ? wlen - at : 0, "%s%s",
+                                         at > 0 ? "." : "", c->string);
+        if (next >= wlen) next = wlen - 1;
+        const char *dup = duplicate_key(c, where, wlen, next);
+        if (dup != NULL) return dup;
+        where[at] = '\0';
+    }
+    return NULL;
+}
+
+/* Refuses, with a message that says so, what cJSON would accept but
+ * Python's json (the app) would not, or would read differently: a number
+ * with a leading zero, a key twice in one object.  NaN and Infinity, which
+ * Python accepts, cJSON refuses already (the message says so).  Returns 0
+ * or -1 with *err set. */
+static int python_agrees(const cJSON *root, const char *s, size_t n, const char *name,
+                         cm_config_error_t *err)
+{
+    number_scan_t sc = {s, n, 0};
+    const char *tok;
+    size_t len;
+    while (next_number(&sc, &tok, &len)) {
+        const char *digits = tok[0] == '-' ? tok + 1 : tok;
+        if (digits + 1 < tok + len && digits[0] == '0' && digits[1] >= '0' && digits[1] <= '9') {
+            size_t line, col;
+            line_col(s, (size_t)(tok - s), &line, &col);
+            set_error(err, "syntax", 0,
+                      "%s:%zu:%zu: the number %.*s has a leading zero: Python's json (the app) "
+                      "refuses it, and so does the manager",
+                      name, line, col, (int)(len > 40 ? 40 : len), tok);
+            return -1;
+        }
+    }
+    char where[256] = "";
+    const char *dup = duplicate_key(root, where, sizeof where, 0);
+    if (dup != NULL) {
+        set_error(err, "syntax", 0,
+                  "%s: the key '%s' occurs twice in %s%s%s: Python's json (the app) would use "
+                  "the last and the manager the first, so the manager refuses it (remove one)",
+                  name, dup, where[0] != '\0' ? "'" : "the top-level object", where,
+                  where[0] != '\0' ? "'" : "");
+        return -1;
+    }
+    return 0;
+}
+
 /* Parses a buffer with s[n] == '\0' into a config. */
 static cm_config_t *config_from_buffer(const char *s, size_t n, const char *name,
                                        cm_config_error_t *err)
@@ -737,12 +881,39 @@ static cm_config_t *config_from_buffer(const char *s, size_t n, const char *name
         return NULL;
     }
     char msg[400];
-    cJSON *root = parse_terminated(s, n, "file", msg, sizeof(msg));
-    if (root == NULL) {
-        set_error(err, strcmp(msg, "out of memory") == 0 ? "nomem" : "syntax", 0, "%s:%s", name,
-                  msg);
+    int conflict;
+    size_t pn = n;
+    char *protected = protect_nuls(s, n, &pn, &conflict);
+    int nul_marks = protected != NULL;
+    if (conflict) {
+        set_error(err, "syntax", 0,
+                  "%s: U+10FFFF (the manager's stand-in for \\u0000) cannot be kept: not "
+                  "supported",
+                  name);
         return NULL;
     }
+    cJSON *root = parse_terminated(protected != NULL ? protected : s, pn, "file", msg, sizeof(msg));
+    if (root == NULL && protected != NULL) /* the message, about the bytes as they are */
+        cJSON_Delete(parse_terminated(s, n, "file", msg, sizeof(msg)));
+    if (root == NULL) {
+        free(protected);
+        const char *tail = strstr(msg, "near '");
+        int python_only = tail != NULL && (strncmp(tail + 6, "NaN", 3) == 0 ||
+                                           strncmp(tail + 6, "Infinity", 8) == 0 ||
+                                           strncmp(tail + 6, "-Infinity", 9) == 0);
+        set_error(err, strcmp(msg, "out of memory") == 0 ? "nomem" : "syntax", 0, "%s:%s%s", name,
+                  msg,
+                  python_only ? " (NaN and Infinity are not JSON: Python's json accepts them, the "
+                                "manager refuses them)"
+                              : "");
+        return NULL;
+    }
+    if (python_agrees(root, protected != NULL ? protected : s, pn, name, err) != 0) {
+        free(protected);
+        cJSON_Delete(root);
+        return NULL;
+    }
+    free(protected);
     if (!cJSON_IsObject(root)) {
         set_error(err, "type", 0, "%s: top level must be a JSON object, not %s", name,
                   json_type_name(root));
@@ -761,6 +932,7 @@ static cm_config_t *config_from_buffer(const char *s, size_t n, const char *name
     cfg->root = root;
     cfg->path = path;
     cfg->has_bom = bom;
+    cfg->nul_marks = nul_marks;
     return cfg;
 }
 
@@ -969,6 +1141,7 @@ int cm_config_unset(cm_config_t *cfg, const char *key)
 char *cm_config_text(const cm_config_t *cfg, size_t *len)
 {
     outbuf_t b = {0};
+    b.nul_marks = cfg->nul_marks;
     if (cfg->has_bom) puts_(&b, UTF8_BOM);
     put_value(&b, cfg->root, 0, 1);
     puts_(&b, "\n");
@@ -978,39 +1151,6 @@ char *cm_config_text(const cm_config_t *cfg, size_t *len)
     }
     if (len != NULL) *len = b.len;
     return b.p;
-}
-
-static double monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-/* Opens and exclusively locks lock_path, retrying for LOCK_WAIT_MS.  Returns
- * the descriptor (closing it releases the lock) or -1 with errno set
- * (EWOULDBLOCK after the wait). */
-static int take_lock(const char *lock_path)
-{
-    int fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
-    if (fd < 0) return -1;
-    double deadline = monotonic_ms() + LOCK_WAIT_MS;
-    for (;;) {
-        if (flock(fd, LOCK_EX | LOCK_NB) == 0) return fd;
-        int e = errno;
-        if (e != EWOULDBLOCK && e != EINTR) {
-            close(fd);
-            errno = e;
-            return -1;
-        }
-        if (monotonic_ms() >= deadline) {
-            close(fd);
-            errno = EWOULDBLOCK;
-            return -1;
-        }
-        struct timespec pause = {0, LOCK_RETRY_MS * 1000000L};
-        nanosleep(&pause, NULL);
-    }
 }
 
 /* dirname and basename of path, into malloc'd strings. */
@@ -1067,6 +1207,8 @@ int cm_config_save(const cm_config_t *cfg, const char *path, const char *lock_pa
         set_error(err, "EISDIR", EISDIR, "%s: cannot save: %s", path, strerror(EISDIR));
         goto out;
     }
+    /* "" : the caller holds the lock that serialises writers already. */
+    int own_lock = lock_path == NULL || lock_path[0] != '\0';
     lock = lock_path != NULL ? strdup(lock_path) : hidden_sibling(dir, base, ".lock");
     text = cm_config_text(cfg, &len);
     if (lock == NULL || text == NULL) {
@@ -1074,8 +1216,10 @@ int cm_config_save(const cm_config_t *cfg, const char *path, const char *lock_pa
         goto out;
     }
 
-    lock_fd = take_lock(lock);
-    if (lock_fd < 0) {
+    /* Never waited for: a save must not block the event loop; waiting for a
+     * lock another process holds is the caller's (cm.fs.lock, on the loop). */
+    lock_fd = own_lock ? cm_lock_now(lock, LOCK_EX, NULL) : -2;
+    if (lock_fd == -1) {
         int e = errno;
         if (e == EWOULDBLOCK)
             set_error(err, "busy", e, "%s: cannot save: the lock %s is held by another process",

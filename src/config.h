@@ -34,6 +34,7 @@ typedef struct cm_config {
     cJSON *root; /* always an object */
     char *path;  /* the file it was loaded from */
     int has_bom; /* the file started with a UTF-8 BOM; saves write it back */
+    int nul_marks; /* its strings spell NUL as "\u0000": held as U+10FFFF */
 } cm_config_t;
 
 /* Reads and parses the file at `path` (at most CM_CONFIG_MAX_BYTES; a leading
@@ -76,7 +77,8 @@ char *cm_config_text(const cm_config_t *cfg, size_t *len);
 
 /* Writes cm_config_text to `path` (cfg->path when NULL) atomically: under an
  * exclusive flock on `lock_path` (default "<dir>/.<name>.lock"; created 0600;
- * waits at most 5 s, then fails with code "busy"), into a temp file
+ * never waited for: code "busy" at once when another process holds it; ""
+ * when the caller holds the lock that serialises writers), into a temp file
  * "<dir>/.<name>.tmp.<pid>" created with O_EXCL, fsync'd, given the
  * original's mode and owner (0644 when new), renamed over the original, then
  * the directory is fsync'd.  A symlink at `path` is followed, so the link

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -85,6 +86,36 @@ char *cm_read_file(const char *path, size_t max, size_t *len)
     return buf;
 }
 
+int cm_flock_now(int fd, int op)
+{
+    int rc;
+    do
+        rc = flock(fd, op | LOCK_NB);
+    while (rc != 0 && errno == EINTR);
+    return rc;
+}
+
+int cm_lock_now(const char *path, int op, int *fd_out)
+{
+    if (fd_out != NULL) *fd_out = -1;
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
+    if (fd < 0 && (errno == EROFS || errno == EACCES || errno == EPERM)) {
+        int first = errno;
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0 && errno == ENOENT) errno = first; /* the real reason */
+    }
+    if (fd < 0) return -1;
+    if (cm_flock_now(fd, op) == 0) return fd;
+    int e = errno;
+    if (e == EWOULDBLOCK && fd_out != NULL) {
+        *fd_out = fd;
+    } else {
+        close(fd);
+    }
+    errno = e;
+    return -1;
+}
+
 int cm_write_all(int fd, const void *data, size_t len)
 {
     const char *p = data;
@@ -141,7 +172,8 @@ int cm_replace_file(const char *target, const void *data, size_t len, mode_t mod
         step = "writing";
         if (cm_write_all(fd, data, len) == 0) {
             step = "setting the mode of";
-            if (fchmod(fd, mode) == 0) {
+            /* Never setuid, setgid or sticky, whatever the original had. */
+            if (fchmod(fd, mode & 0777) == 0) {
                 /* Keeping the owner matters when root saves a user's file; it
                  * may fail for an ordinary user, who is then the owner. */
                 if (uid != (uid_t)-1 && fchown(fd, uid, gid) != 0) {

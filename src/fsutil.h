@@ -32,13 +32,26 @@ int cm_open_regular(const char *path, struct stat *st);
  * NULL with errno set. */
 char *cm_read_file(const char *path, size_t max, size_t *len);
 
+/* The one lock primitive: opens (creating it 0600) the lock file `path` and
+ * tries once, without waiting, to flock it with `op` (LOCK_EX or LOCK_SH).
+ * An existing lock file on a read-only directory or file system still
+ * locks (opened read-only).  Returns the descriptor (closing it releases
+ * the lock), or -1 with errno set: EWOULDBLOCK when another process holds
+ * it, and then *fd_out (when not NULL) keeps the open descriptor so that
+ * the caller can try again later with cm_flock_now. */
+int cm_lock_now(const char *path, int op, int *fd_out);
+
+/* One flock(fd, op | LOCK_NB) across EINTR: 0, or -1 with errno set. */
+int cm_flock_now(int fd, int op);
+
 /* Writes all len bytes to fd, across short writes and EINTR.  Returns 0, or
  * -1 with errno set. */
 int cm_write_all(int fd, const void *data, size_t len);
 
 /* Replaces the file `target` by data, atomically: the bytes go to a hidden
  * temp file beside it (".<name>.tmp.<pid>", created O_EXCL; a leftover of
- * that name from a crashed process is replaced), which gets `mode` (and the
+ * that name from a crashed process is replaced), which gets `mode` without
+ * its setuid, setgid and sticky bits (and the
  * owner uid/gid unless uid is (uid_t)-1), is fsynced when `sync`, and is
  * renamed over target; with `sync` the directory is fsynced too.  The file
  * is always either the old or the new content.  Returns 0, or -1 with errno

@@ -92,7 +92,11 @@ static int config_save(lua_State *L)
     } else if (!lua_isnoneornil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
         path = cm_opt_str_field(L, 2, "path", NULL);
-        lock = cm_opt_str_field(L, 2, "lock", NULL);
+        /* lock = false: the caller holds the writers' lock (cm.fs.lock) */
+        lock = lua_getfield(L, 2, "lock") == LUA_TBOOLEAN && !lua_toboolean(L, -1)
+                   ? ""
+                   : cm_opt_str_field(L, 2, "lock", NULL);
+        lua_pop(L, 1);
     }
     cm_config_error_t err = {0};
     if (cm_config_save(cfg, path, lock, &err) != 0) return fail_with(L, &err);

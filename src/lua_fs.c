@@ -150,6 +150,7 @@ static int push_stat(lua_State *L, const char *path, int follow)
     cm_set_int(L, "mode", (lua_Integer)(st.st_mode & 07777));
     cm_set_int(L, "ino", (lua_Integer)st.st_ino);
     cm_set_int(L, "dev", (lua_Integer)st.st_dev);
+    cm_set_int(L, "uid", (lua_Integer)st.st_uid);
     return 1;
 }
 
@@ -343,7 +344,7 @@ static void push_lock(lua_State *L, int fd)
 static void lock_retry_cb(uv_timer_t *t)
 {
     lock_wait_t *w = t->data;
-    int got = flock(w->fd, w->op | LOCK_NB) == 0;
+    int got = cm_flock_now(w->fd, w->op) == 0;
     if (!got && cm_now_ms() < w->deadline) return;
     uv_timer_stop(t);
     lua_State *co = cm_waiter_thread(&w->waiter);
@@ -372,25 +373,19 @@ static int l_lock(lua_State *L)
     cm_waiter_t waiter;
     if (timeout > 0) cm_waiter_begin(L, &waiter); /* may raise: before the fd */
 
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     /* flock needs no write access: an existing lock file on a read-only
      * directory or file system still locks (a stop must still work). */
-    if (fd < 0 && (errno == EROFS || errno == EACCES || errno == EPERM)) {
-        int first = errno;
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0 && errno == ENOENT) errno = first; /* the real reason */
-    }
-    if (fd < 0) return fail_errno(L, path, errno);
-    if (flock(fd, op | LOCK_NB) == 0) {
+    int held = -1;
+    int fd = cm_lock_now(path, op, timeout > 0 ? &held : NULL);
+    if (fd >= 0) {
         push_lock(L, fd);
         return 1;
     }
-    if (errno != EWOULDBLOCK || timeout <= 0) {
-        int err = errno;
-        close(fd);
-        if (err == EWOULDBLOCK) return cm_fail(L, "busy", "%s: held by another process", path);
-        return fail_errno(L, path, err);
+    if (held < 0) {
+        if (errno == EWOULDBLOCK) return cm_fail(L, "busy", "%s: held by another process", path);
+        return fail_errno(L, path, errno);
     }
+    fd = held;
     lock_wait_t *w = malloc(sizeof *w);
     if (w == NULL) {
         close(fd);
@@ -432,7 +427,7 @@ static int l_probe_lock(lua_State *L)
         lua_pushboolean(L, 0);
         return 1;
     }
-    int held = flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+    int held = cm_flock_now(fd, LOCK_SH) != 0 && errno == EWOULDBLOCK;
     close(fd);
     lua_pushboolean(L, held);
     return 1;
