@@ -35,28 +35,87 @@ local function valid_module(mod)
     return type(mod) == "table" and type(mod.check) == "function"
 end
 
--- Users' backends, cached by path and mtime so that the supervisor's
--- periodic checks do not reload (and re-warn about) unchanged files.
+-- Users' backends never run in this process: a module here is a stand-in
+-- whose check runs the file in a limited child (lua/usercode.lua) with a
+-- hard deadline, so an endless loop at load time or in a check (even one
+-- wrapped in its own pcall, even inside a C function) cannot hang a command
+-- or the supervisor.  Loading (to learn whether the file is a backend, and
+-- its summary) happens in such a child too, once per file and mtime, so
+-- that the supervisor's periodic checks do not reload (and re-warn about)
+-- unchanged files.
 local user_cache = {} -- path -> { stamp = "...", mod = module|false }
 
-local function load_user_backend(path)
-    local st = cm.fs.stat(path)
-    if not st or st.type ~= "file" then return nil end
-    local stamp = ("%s|%s"):format(tostring(st.mtime), tostring(st.size))
-    local cached = user_cache[path]
-    if cached and cached.stamp == stamp then return cached.mod or nil end
-    local chunk, err = loadfile(path, "t")
-    local ok, mod = chunk ~= nil, err
-    if ok then ok, mod = pcall(chunk) end
-    if ok and not valid_module(mod) then
-        ok, mod = false, "a backend module must return { name = ..., check = function }"
+local function user_settings(root)
+    local ok, settings = pcall(require("settings").load, root)
+    return ok and settings or nil
+end
+
+local function user_stand_in(name, path, summary)
+    return {
+        name = name, summary = summary, source = path,
+        check = function(settings)
+            -- Killed before check_all gives up on it, so that the child is
+            -- gone and its reason known.
+            local deadline = settings:get("manager.health_timeout") * 1000 + M.DEADLINE_SLACK_MS // 2
+            local doc, err = require("usercode").call(settings.root, settings, "backend_check",
+                { path = path }, deadline)
+            if not doc then error(err, 0) end
+            if type(doc.error) == "string" then error(doc.error, 0) end
+            if type(doc.result) ~= "table" then error("it gave no result", 0) end
+            return M.from_json(doc.result)
+        end,
+    }
+end
+
+-- The stand-in for each loadable user backend file (paths: name -> path),
+-- loaded in parallel children.  Broken ones are named once and left out.
+local function load_user_backends(root, paths)
+    local mods, tasks = {}, {}
+    for name, path in pairs(paths) do
+        local st = cm.fs.stat(path)
+        -- Only a regular file: opening a FIFO would block.
+        if st and st.type == "file" then
+            local stamp = ("%s|%s|%s|%s"):format(tostring(st.mtime), tostring(st.size),
+                tostring(st.mode), tostring(st.uid))
+            local cached = user_cache[path]
+            if cached and cached.stamp == stamp then
+                mods[name] = cached.mod or nil
+            else
+                tasks[#tasks + 1] = { name = name, path = path, stamp = stamp }
+            end
+        end
     end
-    if not ok then
-        warn_once("ignoring backend %s: %s", path, tostring(mod))
-        mod = false
+    if #tasks == 0 then return mods end
+    local settings = user_settings(root)
+    for _, t in ipairs(tasks) do
+        t.task = cm.task.spawn(function()
+            local ok, why = require("usercode").trusted(t.path)
+            if not ok then return nil, why end
+            local doc, err = require("usercode").call(root, settings, "backend_load", { path = t.path })
+            if not doc then return nil, ("%s: loading it %s"):format(t.path, err) end
+            if type(doc.error) == "string" then return nil, doc.error end
+            return user_stand_in(t.name, t.path, type(doc.summary) == "string" and doc.summary or nil)
+        end)
     end
-    user_cache[path] = { stamp = stamp, mod = mod }
-    return mod or nil
+    for _, t in ipairs(tasks) do
+        local _, mod, err = t.task:join()
+        if not mod then
+            if err then
+                local text = tostring(err)
+                -- a refusal is an error, not a warning: the user must act
+                if text:find(": not run (", 1, true) then
+                    io.stdout:flush()
+                    io.stderr:write(ui.paint("red", "[ERROR]") .. " " .. text .. "\n")
+                else
+                    warn_once("ignoring backend %s: %s", t.path, text)
+                end
+            end
+            mod = false
+        end
+        user_cache[t.path] = { stamp = t.stamp, mod = mod }
+        mods[t.name] = mod or nil
+    end
+    return mods
 end
 
 -- name -> module for every backend of this root.
@@ -75,6 +134,7 @@ local function load_all(root)
         end
     end
     local dir = root and (root .. "/backends")
+    local paths = {}
     for _, file in ipairs(dir and cm.fs.list(dir) or {}) do
         local name = file:match("^([%w_%-]+)%.lua$")
         if name then
@@ -82,10 +142,11 @@ local function load_all(root)
             if mods[name] then
                 warn_once("ignoring backend %s: '%s' is a built-in backend", path, name)
             else
-                mods[name] = load_user_backend(path)
+                paths[name] = path
             end
         end
     end
+    for name, mod in pairs(load_user_backends(root, paths)) do mods[name] = mod end
     return mods
 end
 
@@ -179,6 +240,20 @@ end
 -- yields is stopped instead of hanging every command and the supervisor.
 M.CHECK_BUDGET = 50000000
 
+-- Runs one module's check in this task: a well-formed result whatever the
+-- check does (a user backend's stand-in runs the file in a child).
+function M.run_check(mod, settings)
+    local t = cm.time.now()
+    debug.sethook(function()
+        error("check did not finish: it exceeded its instruction budget " ..
+            "(an endless loop?)", 2)
+    end, "", M.CHECK_BUDGET)
+    local ok, value = pcall(mod.check, settings)
+    debug.sethook()
+    local r_ok, r = pcall(normalise, ok, value, math.floor(cm.time.now() - t + 0.5))
+    return r_ok and r or { healthy = nil, info = {}, ms = 0, detail = "check failed: " .. text_of(r) }
+end
+
 -- Checks the named backends (default: all) at the same time and returns
 -- { [name] = result }.  An unknown name gives an unknown result; a check
 -- that raises gives { healthy = nil, detail = "check failed: <err>" }.
@@ -205,16 +280,7 @@ function M.check_all(settings, names)
             started[name] = true
             pending = pending + 1
             cm.task.spawn(function()
-                local t = cm.time.now()
-                debug.sethook(function()
-                    error("check did not finish: it exceeded its instruction budget " ..
-                        "(an endless loop?)", 2)
-                end, "", M.CHECK_BUDGET)
-                local ok, value = pcall(mod.check, settings)
-                debug.sethook()
-                local r_ok, r = pcall(normalise, ok, value, math.floor(cm.time.now() - t + 0.5))
-                results[name] = r_ok and r or { healthy = nil, info = {}, ms = 0,
-                    detail = "check failed: " .. text_of(r) }
+                results[name] = M.run_check(mod, settings)
                 finished()
             end)
         end
@@ -390,7 +456,9 @@ function M.switch(settings, name)
         return nil, "Unknown backend: " .. tostring(name)
     end
     local run_dir = settings.root .. "/run"
-    local ok, err = cm.fs.mkdir(run_dir, tonumber("700", 8))
+    local ok, err = require("instance").refuse_link(run_dir)
+    if not ok then return nil, err end
+    ok, err = cm.fs.mkdir(run_dir, tonumber("700", 8))
     if not ok then return nil, err end
     local lock
     lock, err = cm.fs.lock(run_dir .. "/config.lock", { wait = true, timeout = 5000 })
@@ -401,9 +469,9 @@ function M.switch(settings, name)
         -- set fails (nil, msg) when "backend" exists but is not an object.
         local set_ok, set_done, set_err = pcall(cfg.set, cfg, "backend.active", name)
         if set_ok and set_done then
-            -- cm.config's own save lock (held only while writing) also goes
-            -- in run/, so no lock file appears next to the user's config.
-            ok, err = cfg:save({ lock = run_dir .. "/config.save.lock" })
+            -- run/config.lock (held) is the one lock of this write: no
+            -- second one, and no lock file next to the user's config.
+            ok, err = cfg:save({ lock = false })
         else
             ok, err = nil, tostring(set_ok and set_err or set_done)
         end

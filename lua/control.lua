@@ -120,7 +120,11 @@ local function check_backends_at_start(settings)
     local decision, policy_err = fallback.evaluate(settings, fallback.context(settings, {
         health = health, why = "start", order = backends.names(settings.root, settings),
     }))
-    if policy_err then ui.warn("user policy failed: %s", policy_err) end
+    if policy_err then
+        -- a refused file is the user's to fix (chmod), not a passing failure
+        local report = policy_err:find(": not run (", 1, true) and ui.error or ui.warn
+        report("user policy failed: %s", policy_err)
+    end
     local serving, reason
     if decision.action == "switch" and decision.to ~= active then
         ui.info("Starting with backend '%s' instead of '%s' (config.json unchanged): %s",
@@ -419,6 +423,8 @@ function M.stop_locked(ctx, settings, inst)
         local st = inst:read_state() or {}
         ui.info("Stopping Chat-O-Llama (PID %s)...", tostring(st.pid or "-"))
         cm.proc.kill(sup, "TERM")
+        -- A SIGSTOPped supervisor would keep the TERM pending forever.
+        cm.proc.kill(sup, "CONT")
         local limit = (settings:get("manager.stop_timeout") + 10) * 1000
         local gone = with_dots(function() return cm.proc.wait_exit(sup, limit) end)
         if not gone then

@@ -36,9 +36,21 @@ function M.new(root)
     return self
 end
 
--- run/ is private to the user: mode 0700.
+-- run/ is private to the user: mode 0700.  A run/ that is a symlink is
+-- refused: it would make the manager chmod, lock and write wherever it
+-- points.
+function M.refuse_link(dir)
+    local lst = cm.fs.lstat(dir)
+    if lst and lst.type == "link" then
+        return nil, ("%s is a symlink: refused (remove it; the manager creates it itself)"):format(dir)
+    end
+    return true
+end
+
 function M:ensure_dirs()
-    local ok, err = cm.fs.mkdir(self.run_dir, tonumber("700", 8))
+    local ok, err = M.refuse_link(self.run_dir)
+    if not ok then return nil, err end
+    ok, err = cm.fs.mkdir(self.run_dir, tonumber("700", 8))
     if not ok then return nil, err end
     cm.fs.chmod(self.run_dir, tonumber("700", 8))
     ok, err = cm.fs.mkdir(self.logs_dir)
@@ -51,11 +63,54 @@ function M:supervisor_alive()
     return cm.fs.probe_lock(self.lock_file)
 end
 
+-- The types of state.json's fields (others are kept as they are).  A file
+-- that does not parse, is not an object, or has a field of another type
+-- (a forged "pid": null) is corrupt: it is reported once and treated as no
+-- state ("stopped"); the app is then found through process.pid and the
+-- instance marker, never through the corrupt file.
+local STATE_TYPES = {
+    state = "string", since = "number", pid = "integer", pid_start = "integer",
+    pgid = "integer", port = "integer", url = "string", backend = "string",
+    restarts = "integer", retry_at = "number", ready_ms = "number", log = "string",
+    supervisor_pid = "integer", instance = "string", root = "string",
+}
+
+local function state_problem(state)
+    if type(state) ~= "table" or getmetatable(state) == cm.json.array then
+        return "not a JSON object"
+    end
+    for key, want in pairs(STATE_TYPES) do
+        local v = state[key]
+        if v ~= nil then
+            local ok = (want == "integer" and math.type(v) == "integer")
+                or (want == "number" and type(v) == "number" and v == v)
+                or (want == "string" and type(v) == "string")
+            if not ok then return ("'%s' is not a%s %s"):format(key, want == "integer" and "n" or "", want) end
+        end
+    end
+    if state.pid ~= nil and state.pid <= 1 then return "'pid' is not a process" end
+    if state.pgid ~= nil and state.pgid <= 1 then return "'pgid' is not a process group" end
+    return nil
+end
+
+local reported = {}
+
 function M:read_state()
-    local text = cm.fs.read(self.state_file)
+    local text = cm.fs.read(self.state_file, 1024 * 1024)
     if not text then return nil end
-    local state = cm.json.decode(text)
-    if type(state) ~= "table" then return nil end
+    local state, err = cm.json.decode(text)
+    local problem = state == nil and (err or "not JSON") or state_problem(state)
+    if problem then
+        if not reported[self.state_file] then
+            reported[self.state_file] = true
+            -- stderr: stdout may be --json
+            local ui = require("ui")
+            io.stdout:flush()
+            io.stderr:write(ui.paint("yellow", "[WARNING]"), (" corrupt state, treated as stopped: %s: %s\n")
+                :format(self.state_file, problem))
+        end
+        return nil, "corrupt"
+    end
     return state
 end
 

@@ -38,19 +38,63 @@ local function check_command(cmd, where)
     return cmd
 end
 
--- Loads a user command file; returns the command, or nil and why.
-local function load_user_command(path)
+-- Whether a user command file may be loaded: a regular file (opening a
+-- FIFO would block forever) that nobody else can change.  true, or nil and
+-- why.
+local function loadable(path)
     local st, serr = cm.fs.stat(path)
-    -- Only regular files: opening a FIFO would block forever.
     if not st then return nil, "cannot open: " .. tostring(serr) end
     if st.type == "dir" then return nil, "cannot read: it is a directory" end
     if st.type ~= "file" then return nil, ("not a regular file (a %s)"):format(st.type) end
+    return require("usercode").trusted(path)
+end
+
+-- Loads a user command file here; returns the command, or nil and why.
+-- Only for the command the user asked to run: listing them (help, an
+-- unknown name) loads each in a limited child (M.describe_user_command).
+local function load_user_command(path)
+    local ok, why = loadable(path)
+    if not ok then return nil, why end
     local chunk, err = loadfile(path, "t")
     if not chunk then return nil, err end
-    local ok, cmd, why = pcall(function() return check_command(chunk(), path) end)
-    if not ok then return nil, cmd end
+    local pok, cmd, cwhy = pcall(function() return check_command(chunk(), path) end)
+    if not pok then return nil, cmd end
     if cmd then cmd.source = path end
-    return cmd, why
+    return cmd, cwhy
+end
+
+-- What help shows of a user command, loaded in a limited child (an endless
+-- loop at load time cannot hang help): a stand-in whose run loads the file
+-- here when the user runs it.  Returns it, or nil and why.
+local function user_command_stand_in(root, path)
+    local ok, why = loadable(path)
+    if not ok then return nil, why end
+    local usercode = require("usercode")
+    local doc, err = usercode.call(root, usercode.settings_of(root), "command_load", { path = path })
+    if not doc then return nil, ("%s: loading it %s"):format(path, err) end
+    if type(doc.error) == "string" then return nil, doc.error end
+    if type(doc.name) ~= "string" then return nil, path .. ": it gave no name" end
+    local function text(v) return type(v) == "string" and v or nil end
+    return {
+        name = doc.name, usage = text(doc.usage), summary = text(doc.summary), group = text(doc.group),
+        max_args = math.tointeger(doc.max_args), source = path,
+        run = function(ctx, args)
+            local cmd, lerr = load_user_command(path)
+            if not cmd then
+                ui.error("%s", tostring(lerr))
+                return 1
+            end
+            return cmd.run(ctx, args)
+        end,
+    }
+end
+
+-- The fields of a user command the child reports (commands/_user.lua).
+function M.describe_user_command(path)
+    local cmd, err = load_user_command(path)
+    if not cmd then return { error = tostring(err) } end
+    return { name = cmd.name, usage = rawget(cmd, "usage"), summary = rawget(cmd, "summary"),
+             group = rawget(cmd, "group"), max_args = math.tointeger(rawget(cmd, "max_args")) }
 end
 
 -- Builds the whole registry: name -> command, plus the names in help order.
@@ -68,19 +112,27 @@ function M.registry(root)
     end
     local dir = root and (root .. "/commands")
     local names = dir and cm.fs.list(dir) or {}
+    local loading = {}
     for _, file in ipairs(names) do
         if file:match("%.lua$") then
             local path = dir .. "/" .. file
-            local cmd, err = load_user_command(path)
-            if not cmd then
-                ui.warn("ignoring %s: %s", path, tostring(err))
-            elseif commands[cmd.name] then
-                ui.warn("ignoring %s: '%s' is a built-in command", path, cmd.name)
-            else
-                cmd.group = cmd.group or "user"
-                commands[cmd.name] = cmd
-                order[#order + 1] = cmd.name
-            end
+            loading[#loading + 1] = { path = path,
+                task = cm.task.spawn(user_command_stand_in, root, path) }
+        end
+    end
+    for _, l in ipairs(loading) do
+        local path = l.path
+        local _, cmd, err = l.task:join()
+        if not cmd and tostring(err):find(": not run (", 1, true) then
+            ui.error("%s", err) -- code others can change: the user must act
+        elseif not cmd then
+            ui.warn("ignoring %s: %s", path, tostring(err))
+        elseif commands[cmd.name] then
+            ui.warn("ignoring %s: '%s' is a built-in command", path, cmd.name)
+        else
+            cmd.group = cmd.group or "user"
+            commands[cmd.name] = cmd
+            order[#order + 1] = cmd.name
         end
     end
     return commands, order

@@ -29,6 +29,11 @@ M.defaults = {
         log_keep = 20,
         log_max_bytes = 52428800,
         log_backups = 5,
+        -- The user's policy and backends run in a child under these limits
+        -- (lua/usercode.lua): wall-clock seconds (also the CPU seconds) of
+        -- one policy decision or one backend load, MiB of memory, bytes of
+        -- output kept.  A backend check's deadline is its health timeout.
+        user_code = { timeout = 5, memory_mb = 256, max_output = 65536 },
     },
 }
 
@@ -99,6 +104,12 @@ local schema = {
     ["manager.log_max_bytes"] = { nonneg_int, "a whole number of bytes >= 0 (0: no cap)" },
     ["manager.log_backups"] = { nonneg_int, "a whole number >= 0" },
     ["manager.policy"] = { opt_str, "a file path, or null" },
+    ["manager.user_code.timeout"] = { function(v) return positive(v) and v <= 3600 end,
+                                      "a positive number of seconds (at most 3600)" },
+    ["manager.user_code.memory_mb"] = { function(v) return math.type(v) == "integer" and v >= 16 and v <= 65536 end,
+                                        "a whole number of MiB (16-65536)" },
+    ["manager.user_code.max_output"] = { function(v) return math.type(v) == "integer" and v >= 1024 and v <= 16777216 end,
+                                         "a whole number of bytes (1024-16777216)" },
 }
 
 local function default_of(key)
@@ -113,7 +124,13 @@ end
 function M.config_path(root)
     local env_path = cm.sys.getenv("CONFIG_FILE")
     if env_path and env_path ~= "" then
-        if env_path:sub(1, 1) ~= "/" then env_path = cm.sys.cwd() .. "/" .. env_path end
+        if env_path:sub(1, 1) ~= "/" then
+            -- Relative to where the command was given: made absolute for
+            -- every process it starts too (the supervisor runs elsewhere),
+            -- so that they all read the file this command checked.
+            env_path = cm.sys.cwd() .. "/" .. env_path
+            cm.sys.setenv("CONFIG_FILE", env_path)
+        end
         return env_path
     end
     return root .. "/config.json"
@@ -175,7 +192,7 @@ end
 -- The sections the keys above live in: a section that is not an object
 -- ("manager": 5) would silently hide every key below it.
 local sections = { "backend", "ollama", "llamacpp", "server", "manager", "manager.app",
-                   "manager.restart" }
+                   "manager.restart", "manager.user_code" }
 
 local function is_json_object(v)
     return type(v) == "table" and getmetatable(v) == nil and v[1] == nil

@@ -59,6 +59,9 @@
 local function base(o)
     o = o or {}
     local policy = o.policy and (',\n    "policy": "%s"'):format(o.policy) or ""
+    if o.user_timeout then
+        policy = policy .. (',\n    "user_code": {"timeout": %s}'):format(o.user_timeout)
+    end
     return ([[
 {
   "backend": {"active": "%s", "auto_fallback": %s, "health_check_interval": 3600},
@@ -212,6 +215,26 @@ local function config_rows(name, fields)
     end
 end
 
+-- Where cJSON and Python's json (the app) disagree, the manager refuses
+-- and says so: a leading zero (Python refuses), a key twice in one object
+-- (Python keeps the last, cJSON would find the first), NaN / Infinity
+-- (Python accepts them, JSON does not).
+config_rows("a number with a leading zero", { config = '{"server": {"port": 03113}}\n',
+    message = "config.json:1:21: the number 03113 has a leading zero: Python's json (the app) refuses it" })
+config_rows("a duplicate key", { config = '{"backend": {"active": "ollama", "active": "llamacpp"}}\n',
+    message = "the key 'active' occurs twice in 'backend': Python's json (the app) would use the last" })
+config_rows("NaN", { config = '{"manager": {"start_timeout": NaN}}\n',
+    message = "NaN and Infinity are not JSON: Python's json accepts them, the manager refuses them" })
+
+-- "\u0000" in keys and values the switch does not touch: every byte kept
+-- (cJSON's strings end at a NUL: they were cut there, and "k\u0000ey"
+-- became a second "k").
+add("config", { name = "backend switch keeps \\u0000 in keys and values it does not touch",
+    argv = { "backend", "switch", "llamacpp" }, exit = 0,
+    config = BASE:gsub("^{", '{\n  "k\\u0000ey": "x\\u0000y",\n  "k": 1,', 1),
+    message = "Switched to backend 'llamacpp'",
+    changes = { ["config.json"] = { '"k\\u0000ey": "x\\u0000y",\n  "k": 1,', '"active": "llamacpp"' } } })
+
 for _, v in ipairs({ { "[]", "not an array" }, { "[1, 2]", "not an array" }, { "1", "not a number" },
                      { '"config"', "not a string" }, { "null", "not null" },
                      { "true", "not a boolean" } }) do
@@ -296,6 +319,8 @@ local wrong = {
     { "manager.log_max_bytes", "-1" },
     { "manager.log_backups", "1.5" },
     { "manager.policy", "5" },
+    { "manager.user_code.timeout", "0" }, { "manager.user_code.timeout", "1e999" },
+    { "manager.user_code.memory_mb", "1.5" }, { "manager.user_code.max_output", '"64k"' },
 }
 for _, w in ipairs(wrong) do
     for _, c in ipairs(config_commands) do
@@ -310,6 +335,7 @@ end
 local sections = {
     { "manager", "5" }, { "manager.app", '"python3 app.py"' }, { "manager.restart", "[]" },
     { "backend", '"ollama"' }, { "ollama", "[]" }, { "llamacpp", "true" }, { "server", "3113" },
+    { "manager.user_code", "5" },
 }
 for _, s in ipairs(sections) do
     for _, c in ipairs({ { "status", { "status" }, 3 }, { "backend status", { "backend", "status" }, 1 },
@@ -548,6 +574,70 @@ for _, p in ipairs(policy_cases) do
                     "Chat-O-Llama started successfully" },
         changes = { ["run/app-config.json"] = '"active": "ollama"' }, after = { { "stop" } } })
 end
+-- User code that a Lua instruction budget cannot stop (a C function that
+-- loops, allocates or backtracks) or that floods the log: the policy runs in
+-- a child under kernel limits (manager.user_code, 1 s here), which is
+-- stopped; `start` goes on with the built-in policy.
+local contained = {
+    { "a C-level loop (string.rep of 2^62 empty strings)",
+      "return function(ctx)\n  return ('').rep('', 2^62)\nend\n", { POLICY .. ": the policy ", ": stopped" } },
+    { "a C-level loop (table.move over 2^50 slots)",
+      "return function(ctx)\n  table.move({}, 1, 2^50, 1)\nend\n", { POLICY .. ": the policy ", ": stopped" } },
+    { "a backtracking pattern",
+      "return function(ctx)\n  return (('a'):rep(40)):find(('a*'):rep(40) .. 'b')\nend\n",
+      { POLICY .. ": the policy ", ": stopped" } },
+    { "a memory bomb", "return function(ctx)\n  return ('x'):rep(2^30)\nend\n",
+      POLICY .. ": not enough memory" },
+    { "a memory bomb in small pieces",
+      "local t = {}\nfor i = 1, 1e9 do t[i] = ('x'):rep(1 << 20) .. i end\n", POLICY .. ": not enough memory",
+      timeout = 20 },
+    { "a print flood", "return function(ctx)\n  local s = ('x'):rep(1 << 20)\n  while true do print(s) end\nend\n",
+      POLICY .. ":" },
+    { "string.dump reached through a string", "return function(ctx)\n  return ('').dump(function() end)\nend\n",
+      POLICY .. ":2: attempt to call a nil value (field 'dump')" },
+    { "a C-level loop inside pcall", "return function(ctx)\n  pcall(string.rep, '', 2^62)\n  return { action = 'keep' }\nend\n",
+      { POLICY .. ": the policy ", ": stopped" } },
+}
+for _, p in ipairs(contained) do
+    add("policy", { name = p[1] .. " (start, built-in switches)", argv = { "start" }, exit = 0,
+        config = base({ policy = "policy.lua", auto_fallback = true, active = "llamacpp", user_timeout = p.timeout or 1,
+                        base_url = "http://127.0.0.1:${HTTP_PORT}" }),
+        files = { ["policy.lua"] = p[2] }, http = { mode = "ollama" },
+        message = { "Switched backend from 'llamacpp' to 'ollama'", "user policy failed: ",
+                    "the built-in policy decided", "Chat-O-Llama started successfully",
+                    table.unpack(type(p[3]) == "table" and p[3] or { p[3] }) },
+        changes = { ["config.json"] = '"active": "ollama"' }, after = { { "stop" } }, timeout = 40000 })
+end
+
+-- Code that someone else can change is not run: the policy file, and
+-- commands/ and backends/ files, writable by group or others (or in such a
+-- directory) give an [ERROR] with the fix.
+local KEEP_POLICY = "return function(ctx) return { action = 'keep' } end\n"
+add("policy", { name = "a group-writable policy file is not run", argv = { "start" }, exit = 0,
+    config = base({ policy = "policy.lua", auto_fallback = true }),
+    files = { ["policy.lua"] = { raw = KEEP_POLICY, mode = tonumber("664", 8) } },
+    message = { "[ERROR] user policy failed: ${ROOT}/policy.lua is writable by its group: not run (chmod go-w ${ROOT}/policy.lua)",
+                "Chat-O-Llama started successfully" }, after = { { "stop" } } })
+add("policy", { name = "a policy file in a world-writable directory is not run", argv = { "start" }, exit = 0,
+    config = base({ policy = "pol/policy.lua", auto_fallback = true }),
+    files = { ["pol"] = { dir = true, mode = tonumber("777", 8) }, ["pol/policy.lua"] = KEEP_POLICY },
+    message = { "[ERROR] user policy failed: ${ROOT}/pol is writable by its group and others: not run (chmod go-w ${ROOT}/pol)",
+                "Chat-O-Llama started successfully" }, after = { { "stop" } } })
+add("user-command", { name = "a world-writable command file is not run", argv = { "bad" }, exit = 2,
+    files = { ["commands/bad.lua"] = { raw = "return { name = 'bad', run = function() return 0 end }\n",
+                                       mode = tonumber("666", 8) } },
+    message = { "[ERROR] ${ROOT}/commands/bad.lua is writable by its group and others: not run (chmod go-w ${ROOT}/commands/bad.lua)",
+                "Unknown command: bad" } })
+add("user-backend", { name = "a group-writable backends/ directory is not run", argv = { "backend", "health", "mine" },
+    exit = 2, files = { ["backends"] = { dir = true, mode = tonumber("775", 8) },
+                        ["backends/mine.lua"] = "return { name = 'mine', check = function() return { healthy = true } end }\n" },
+    message = { "[ERROR] ${ROOT}/backends is writable by its group: not run (chmod go-w ${ROOT}/backends)",
+                "Unknown backend: mine" } })
+
+add("command", { name = "start with run/ a symlink (refused, its target untouched)", argv = { "start" }, exit = 1,
+    files = { ["elsewhere"] = { dir = true, mode = tonumber("755", 8) }, ["run"] = { symlink = "${ROOT}/elsewhere" } },
+    message = "${ROOT}/run is a symlink: refused" })
+
 add("policy", { name = "a policy file that is a directory (start, built-in switches)", argv = { "start" },
     exit = 0, config = base({ policy = "policy.lua", auto_fallback = true, active = "llamacpp",
                               base_url = "http://127.0.0.1:${HTTP_PORT}" }),
@@ -657,6 +747,22 @@ user_backend("ms NaN under --json", "return { name = 'mine', check = function() 
 user_backend("info holding a function under --json",
     "return { name = 'mine', check = function() return { healthy = true, detail = 'ok', info = { f = print } } end }\n",
     { "backend", "status", "--json" }, 0, '"mine"', { stdout_json = true })
+-- Loops that a Lua instruction budget cannot stop: user backends load and
+-- check in a child under kernel limits with a hard deadline (health_timeout
+-- 2 s + 1 s for a check, manager.user_code.timeout 1 s for a load).
+user_backend("a C-level loop in check", "return { name = 'mine', check = function()\n  return ('').rep('', 2^62)\nend }\n",
+    HEALTH_MINE, 1, { "? unknown", "did not finish within 3 s: stopped" }, { timeout = 10000 })
+user_backend("an endless loop in check that swallows errors in its own pcall",
+    "return { name = 'mine', check = function()\n  while true do pcall(function() while true do end end) end\nend }\n",
+    HEALTH_MINE, 1, { "? unknown", "did not finish" }, { timeout = 10000 })
+user_backend("a memory bomb in check", "return { name = 'mine', check = function()\n  return ('x'):rep(2^30)\nend }\n",
+    HEALTH_MINE, 1, { "? unknown", "check failed: not enough memory" }, { timeout = 10000 })
+user_backend("an endless loop at load time (backend status)", "while true do end\n",
+    { "backend", "status" }, 0, { "ignoring backend " .. MINE .. ": " .. MINE .. ": loading it did not finish within 1 s",
+                                  "Active backend: ollama" },
+    { timeout = 10000, config = base({ user_timeout = 1 }) })
+user_backend("a C-level loop at load time (status)", "return ('').rep('', 2^62)\n",
+    { "status" }, 3, "Chat-O-Llama is not running", { timeout = 10000, config = base({ user_timeout = 1 }) })
 user_backend("an endless loop in check", "return { name = 'mine', check = function()\n  while true do end\nend }\n",
     HEALTH_MINE, 1, "did not finish", { timeout = 10000 })
 

@@ -98,6 +98,7 @@ must all occur in the command's stdout+stderr, `not_says` likewise must not;
   { "write_supervisor_pid", of=id }  run/supervisor.pid naming the sentinel
   { "write_state", of=id }           run/state.json: running, pid and pgid
                                      the sentinel, with a wrong pid_start
+  { "write_state", text= }           run/state.json holds exactly `text`
   { "kill_server", id } / { "start_server", id }   a fake-http of `servers`
                                      (restarted on the same port)
   { "wait_served", id, n= }          that server answered n requests with
@@ -191,6 +192,15 @@ return {
         -- an action is logged before the transition that ran it
         { "log_order", "running -> stopping on stop", "killing process group",
           "stopping -> stopping on stop_timeout", "stopping -> stopped on exited (killed by SIGKILL)" },
+      },
+      expect = { state = "stopped", status = 3 } },
+
+    ---- the supervisor SIGSTOPped: stop continues it, then stops ------------
+    { name = "supervisor_sigstopped_stop_still_finishes",
+      steps = {
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "signal_supervisor", "STOP" },
+        { "cm", "stop", code = 0, says = stop_msg, timeout = 12000 },
       },
       expect = { state = "stopped", status = 3 } },
 
@@ -539,5 +549,38 @@ return {
         { "cm", "stop", code = 0, says = stop_msg },
       },
       expect = { state = "stopped", status = 3 } },
+
+    ---- a corrupt run/state.json (the supervisor gone): reported, treated as
+    ---- stopped, and the app still found through process.pid and the marker
+    { name = "state_json_pid_null_status_and_stop",
+      steps = {
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "kill_supervisor" },
+        { "write_state", text = '{"state": "running", "pid": null, "pgid": null}\n' },
+        { "cm", "status", code = 0, says = { "corrupt state, treated as stopped", "supervisor is gone" },
+          not_says = "traceback" },
+        { "cm", "stop", code = 0, says = stop_msg, not_says = "traceback" },
+      },
+      expect = { state = "stopped", status = 3 } },
+
+    { name = "state_json_array_force_stop",
+      steps = {
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "kill_supervisor" },
+        { "write_state", text = "[]\n" },
+        { "cm", "force-stop", code = 0, says = "corrupt state, treated as stopped", not_says = "traceback" },
+      },
+      expect = { state = "stopped", status = 3 } },
+
+    { name = "state_json_truncated_restart",
+      steps = {
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "kill_supervisor" },
+        { "write_state", text = '{"state": "running", "pid": 12' },
+        { "cm", "restart", code = 0, says = { "corrupt state, treated as stopped", "started successfully" },
+          not_says = "traceback" },
+        { "wait_state", "running" },
+      },
+      expect = { state = "running", status = 0, app_running = true } },
   },
 }

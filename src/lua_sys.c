@@ -14,6 +14,7 @@
 #include <string.h>
 #include <stddef.h>
 #include <sys/socket.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
@@ -64,6 +65,12 @@ static int l_pid(lua_State *L)
     return 1;
 }
 
+static int l_uid(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)geteuid());
+    return 1;
+}
+
 static int l_cwd(lua_State *L)
 {
     char buf[PATH_MAX];
@@ -99,6 +106,48 @@ static int l_cloexec(lua_State *L)
     int flags = fcntl(fd, F_GETFD);
     if (flags < 0 || fcntl(fd, F_SETFD, flags | FD_CLOEXEC) < 0)
         return cm_fail(L, "EBADF", "fd %d: %s", fd, strerror(errno));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* ---- limits for user code ---------------------------------------------- */
+
+static int set_rlimit(int resource, rlim_t soft, rlim_t hard)
+{
+    struct rlimit rl = {soft, hard};
+    return setrlimit(resource, &rl);
+}
+
+/* cm.sys.limit{memory = bytes, cpu = seconds} -> true | nil, msg, code
+ * Limits this process for good (it is meant for the child that runs user
+ * code): Lua's heap to `memory` more bytes, the address space to `memory`
+ * plus what the process already maps (not under AddressSanitizer, whose
+ * shadow memory takes terabytes of address space), and CPU time to `cpu`
+ * seconds (SIGXCPU, then SIGKILL a second later). */
+static int l_limit(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer memory = cm_opt_int_field(L, 1, "memory", 0);
+    lua_Integer cpu = cm_opt_int_field(L, 1, "cpu", 0);
+    luaL_argcheck(L, memory >= 0 && cpu >= 0, 1, "limits must not be negative");
+    if (cpu > 0 && set_rlimit(RLIMIT_CPU, (rlim_t)cpu, (rlim_t)cpu + 1) != 0)
+        return cm_fail(L, cm_errno_code(errno), "RLIMIT_CPU: %s", strerror(errno));
+    if (memory > 0) {
+#if !defined(__SANITIZE_ADDRESS__)
+        /* The address space: what is mapped now (the binary, its libraries,
+         * libuv's threads) plus the budget. */
+        size_t mapped = 0, len;
+        unsigned long pages = 0;
+        char *statm = cm_read_file("/proc/self/statm", 4096, &len);
+        if (statm != NULL && sscanf(statm, "%lu", &pages) == 1)
+            mapped = (size_t)pages * (size_t)sysconf(_SC_PAGESIZE);
+        free(statm);
+        rlim_t as = (rlim_t)mapped + (rlim_t)memory;
+        if (set_rlimit(RLIMIT_AS, as, as) != 0)
+            return cm_fail(L, cm_errno_code(errno), "RLIMIT_AS: %s", strerror(errno));
+#endif
+        cm_runtime_limit_memory(L, (size_t)memory);
+    }
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -362,6 +411,10 @@ int cm__open_sys(lua_State *L)
                                    {"on_hangup", l_on_hangup},
                                    {NULL, NULL}};
     luaL_newlib(L, fns);
+    lua_pushcfunction(L, l_limit);
+    lua_setfield(L, -2, "limit");
+    lua_pushcfunction(L, l_uid);
+    lua_setfield(L, -2, "uid");
     return 1;
 }
 

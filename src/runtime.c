@@ -55,20 +55,36 @@ struct cm_runtime {
     int in_run;           /* cm_runtime_run is inside uv_run */
     int warn_continuing;  /* a Lua warning is being continued */
     closer_t *closers;
+    size_t mem_used; /* Lua's heap in bytes, tracked once mem_cap is set */
+    size_t mem_cap;  /* 0: no cap */
 };
 
 #define TASK_MT "cm.task"
 #define ERROR_HANDLER_KEY "cm.error_handler"
 
+/* Lua's allocator.  With a cap (cm_runtime_limit_memory), growth past it
+ * fails, which Lua reports as "not enough memory" after an emergency
+ * collection. */
 static void *runtime_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
-    (void)ud;
-    (void)osize;
+    cm_runtime_t *rt = ud;
+    size_t old = ptr != NULL ? osize : 0;
     if (nsize == 0) {
         free(ptr);
+        rt->mem_used -= old;
         return NULL;
     }
-    return realloc(ptr, nsize);
+    if (rt->mem_cap != 0 && nsize > old && nsize - old > rt->mem_cap - rt->mem_used) return NULL;
+    void *p = realloc(ptr, nsize);
+    if (p != NULL) rt->mem_used = rt->mem_used - old + nsize;
+    return p;
+}
+
+void cm_runtime_limit_memory(lua_State *L, size_t bytes)
+{
+    cm_runtime_t *rt = cm_runtime_of(L);
+    rt->mem_used = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+    rt->mem_cap = rt->mem_used + bytes;
 }
 
 cm_runtime_t *cm_runtime_of(lua_State *L)

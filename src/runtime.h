@@ -124,6 +124,10 @@ int cm_opt_bool_field(lua_State *L, int idx, const char *key, int def);
 /* Returns a string valid while the table is on the stack, or def. */
 const char *cm_opt_str_field(lua_State *L, int idx, const char *key, const char *def);
 
+/* Caps Lua's heap at what it holds now plus `bytes`, for good (the child
+ * that runs user code): allocations past it fail ("not enough memory"). */
+void cm_runtime_limit_memory(lua_State *L, size_t bytes);
+
 /* Milliseconds on the monotonic clock. */
 double cm_now_ms(void);
 

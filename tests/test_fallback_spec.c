@@ -57,6 +57,7 @@ static const char row_runner[] =
     "  for k, x in pairs(v) do c[k] = copy(x) end\n"
     "  return c\n"
     "end\n"
+    "require('usercode').exe = os.getenv('CM_BINARY')\n"
     "local before = dump(row.ctx)\n"
     "if row.policy == nil then\n"
     "  check(fallback.decide(copy(row.ctx)), 'decide')\n"

@@ -581,8 +581,10 @@ static int step_start_and_stop(row_ctx_t *c)
     int started = k1 == 0 && strstr(o1, "started successfully") != NULL;
     int stopped_early = k1 == 1 && strstr(o1, "stopped before it was ready") != NULL;
     if (!started && !stopped_early) {
-        note(c, "start (at once with stop): exit %d, expected 0 \"started successfully\" or 1 "
-                "\"stopped before it was ready\"", k1);
+        note(c,
+             "start (at once with stop): exit %d, expected 0 \"started successfully\" or 1 "
+             "\"stopped before it was ready\"",
+             k1);
         ok = 0;
     }
     if (k2 != 0) {
@@ -1196,6 +1198,16 @@ static int step_write_supervisor_pid(row_ctx_t *c)
 
 static int step_write_state(row_ctx_t *c)
 {
+    const char *forged = top_str("text");
+    if (forged != NULL) { /* any bytes: a corrupt or forged state */
+        char *run = root_file(c, "run");
+        mkdir(run, 0700);
+        char *path = cmt_path(run, "state.json");
+        int rc = write_bytes(path, forged, strlen(forged));
+        free(path);
+        free(run);
+        return rc;
+    }
     sentinel_t *s = find_sentinel(c, top_str("of"));
     if (s == NULL) return -1;
     char *run = root_file(c, "run");

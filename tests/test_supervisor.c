@@ -318,6 +318,38 @@ static void hup_restarts_the_app(void **state)
     world_free(w);
 }
 
+/* A relative CONFIG_FILE means the file relative to where the command was
+ * given, to the command and to the supervisor it starts (which runs in
+ * another directory) alike: the app is the one that file describes. */
+static void relative_config_file_is_the_same_file_for_the_supervisor(void **state)
+{
+    (void)state;
+    world_t *w = world_new("3600", NULL);
+    char *config = cmt_path(w->root, "config.json");
+    char name[64], cwd[4096];
+    snprintf(name, sizeof name, "cm-relative-config-%d.json", (int)getpid());
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    char *moved = cmt_path(cwd, name);
+    assert_int_equal(rename(config, moved), 0);
+    char env_config[128];
+    snprintf(env_config, sizeof env_config, "CONFIG_FILE=%s", name);
+    const char *const env[] = {env_config, "FAKE_PYTHON_LLAMA=present", NULL};
+    cmt_result_t r = cmt_cm(w->root, env, 30000, "start", NULL);
+    int started = r.code;
+    if (started != 0) fprintf(stderr, "%s%s", r.out, r.err);
+    cmt_result_free(&r);
+    char *body = started == 0 ? app_health(w->port) : NULL;
+    r = cmt_cm(w->root, env, 30000, "stop", NULL);
+    cmt_result_free(&r);
+    assert_int_equal(rename(moved, config), 0); /* out of the build tree again */
+    free(moved);
+    free(config);
+    assert_int_equal(started, 0);
+    assert_non_null(body);
+    free(body);
+    world_free(w);
+}
+
 /* Only the newest manager.log_keep session logs are kept. */
 static void old_session_logs_are_pruned(void **state)
 {
@@ -397,6 +429,7 @@ int main(void)
         cmocka_unit_test(hup_restarts_the_app),
         cmocka_unit_test(old_session_logs_are_pruned),
         cmocka_unit_test(force_stop_kills_only_marked_processes),
+        cmocka_unit_test(relative_config_file_is_the_same_file_for_the_supervisor),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

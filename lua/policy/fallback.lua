@@ -179,6 +179,33 @@ function M.context(settings, ctx)
     return ctx
 end
 
+-- Runs the user's policy in a limited child (lua/usercode.lua): the
+-- validated decision, or nil and "file:line: what".  Its prints go to
+-- opts.print (default: the session log or stdout), at most
+-- manager.user_code.max_output bytes of them.
+function M.run_user_policy(settings, path, ctx, known, opts)
+    local trusted, why = require("usercode").trusted(path)
+    if not trusted then return nil, why end
+    local names = {}
+    for name in pairs(known) do names[#names + 1] = name end
+    table.sort(names)
+    local doc, err = require("usercode").call(settings.root, settings, "policy",
+        { path = path, ctx = ctx, known = cm.json.array(names) })
+    if not doc then return nil, ("%s: the policy %s"):format(path, err) end
+    local print_fn = opts.print or sandbox.default_print
+    for _, text in ipairs(type(doc.prints) == "table" and doc.prints or {}) do
+        if type(text) == "string" then print_fn(text) end
+    end
+    if math.type(doc.dropped) == "integer" and doc.dropped > 0 then
+        print_fn(("(%d more bytes of output dropped)"):format(doc.dropped))
+    end
+    if type(doc.error) == "string" then return nil, doc.error end
+    -- The child validated it; validate again here, where it is trusted.
+    local valid, why = sandbox.validate(doc.decision, ctx, known, M.how)
+    if not valid then return nil, ("%s: the policy %s"):format(path, why) end
+    return valid
+end
+
 -- The decision for ctx: the user's policy (manager.policy) when configured,
 -- else the built-in one.  A user policy that fails (syntax or runtime error,
 -- endless loop, a bad decision) is reported as "file:line: what": the
@@ -193,9 +220,7 @@ function M.evaluate(settings, ctx, opts)
     local known = {}
     for _, name in ipairs(ctx.order or {}) do known[name] = true end
     for name in pairs(ctx.health or {}) do known[name] = true end
-    local decision, err = sandbox.run(path, ctx, {
-        known = known, budget = opts.budget, print = opts.print, builtin = M.decide, how = M.how,
-    })
+    local decision, err = M.run_user_policy(settings, path, ctx, known, opts)
     if decision then
         decision.policy = path
         return decision

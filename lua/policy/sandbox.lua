@@ -1,4 +1,6 @@
 -- Runs a user's policy file (manager.policy) in an allow-listed environment.
+-- The manager calls it only inside the limited child of lua/usercode.lua
+-- (commands/_user.lua), never in a command or the supervisor itself.
 --
 -- The file is loaded as text only (crafted bytecode can crash the VM) with
 -- an environment that holds pure functions and nothing that reaches the
@@ -38,12 +40,26 @@ local function new_budget(budget)
     return { left = math.max(1, budget // M.HOOK_STEP), exceeded = nil }
 end
 
+-- The string library the policy sees, without string.dump (bytecode of a
+-- function it can reach).  confine() makes it the strings' metatable's
+-- __index too, so ("").dump is gone as well: call it only in the process
+-- that exists to run the policy (it changes every string's methods there).
+local function sandbox_string()
+    return M.string or copy(string, { dump = true })
+end
+
+function M.confine()
+    if M.string then return end
+    M.string = copy(string, { dump = true })
+    getmetatable("").__index = M.string
+end
+
 -- The environment of one loaded policy.  `state` holds the current run
 -- (its budget) and print function, so a cached policy serves many runs.
 local function environment(state)
     local env = {
         math = copy(math),
-        string = copy(string, { dump = true }),
+        string = sandbox_string(),
         table = copy(table),
         utf8 = copy(utf8),
         os = { time = os.time, clock = os.clock },

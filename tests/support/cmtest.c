@@ -361,6 +361,11 @@ int cmt_lua(const char *code)
     assert_non_null(rt);
     lua_State *L = cm_runtime_lua(rt);
     int rc;
+    /* User code runs in a child of chat-manager, not of this test binary. */
+    if (luaL_dostring(L, "require('usercode').exe = os.getenv('CM_BINARY')") != LUA_OK) {
+        fprintf(stderr, "%s\n", lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
     if (luaL_loadbufferx(L, code, strlen(code), "=test", "t") != LUA_OK) {
         fprintf(stderr, "%s\n", lua_tostring(L, -1));
         lua_pop(L, 1);

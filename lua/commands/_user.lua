@@ -1,0 +1,95 @@
+-- _user JOB ARG: runs user code under kernel limits (internal; see
+-- lua/usercode.lua, which starts it and reads its answer).  ARG is JSON and
+-- carries the limits (memory bytes, cpu seconds, output bytes) with the
+-- job's input.  Jobs:
+--   policy         {path, ctx, known = {names}}: the user's fallback policy
+--                  in its sandbox -> {decision | error, prints, dropped}
+--   backend_load   {path}: loads a user backend -> {summary} | {error}
+--   backend_check  {path}: loads it and runs its check -> {result} | {error}
+-- The answer is one JSON line after usercode.MARK on stdout.
+
+local usercode = require("usercode")
+
+local function answer(doc)
+    local ok, text = pcall(cm.json.encode, doc)
+    if not ok then text = cm.json.encode({ error = "its answer cannot be encoded: " .. tostring(text) }) end
+    io.stdout:write(usercode.MARK, text, "\n")
+    io.stdout:flush()
+end
+
+-- Loads a user backend file: the module, or nil and why.
+local function load_backend(path)
+    local chunk, err = loadfile(path, "t")
+    if not chunk then return nil, err end
+    local ok, mod = pcall(chunk)
+    if not ok then return nil, tostring(mod) end
+    if type(mod) ~= "table" or type(rawget(mod, "check")) ~= "function" then
+        return nil, "a backend module must return { name = ..., check = function }"
+    end
+    return mod
+end
+
+local jobs = {}
+
+function jobs.policy(ctx, arg)
+    local sandbox = require("policy.sandbox")
+    sandbox.confine()
+    local prints, size, dropped = {}, 0, 0
+    local function print_fn(text)
+        text = tostring(text):gsub("%z", "\\0")
+        if size + #text > arg.output then
+            dropped = dropped + #text
+        else
+            prints[#prints + 1] = text
+            size = size + #text
+        end
+    end
+    local known = {}
+    for _, name in ipairs(arg.known or {}) do known[name] = true end
+    local decision, err = sandbox.run(arg.path, arg.ctx, {
+        known = known, print = print_fn, builtin = require("policy.fallback").decide,
+        how = require("policy.fallback").how,
+    })
+    if err and not err:find(arg.path, 1, true) then err = arg.path .. ": " .. err end
+    return { decision = decision, error = err, prints = cm.json.array(prints), dropped = dropped }
+end
+
+function jobs.backend_load(_, arg)
+    local mod, err = load_backend(arg.path)
+    if not mod then return { error = err } end
+    local summary = rawget(mod, "summary")
+    return { summary = type(summary) == "string" and summary or nil }
+end
+
+function jobs.backend_check(ctx, arg)
+    local mod, err = load_backend(arg.path)
+    if not mod then return { error = err } end
+    local settings, serr = require("settings").load(ctx.root)
+    if not settings then return { error = serr } end
+    local backends = require("backends")
+    return { result = backends.to_json(backends.run_check(mod, settings)) }
+end
+
+return {
+    name = "_user",
+    usage = "_user JOB ARG",
+    summary = "internal: runs user code under limits",
+    hidden = true,
+    run = function(ctx, args)
+        local job = jobs[args[1] or ""]
+        local arg = cm.json.decode(args[2] or "")
+        if not job or type(arg) ~= "table" then
+            answer({ error = "_user: unknown job or bad argument" })
+            return 2
+        end
+        local ok, err = cm.sys.limit({ memory = math.tointeger(arg.memory) or 0,
+                                       cpu = math.tointeger(arg.cpu) or 0 })
+        if not ok then
+            answer({ error = "cannot set the limits: " .. tostring(err) })
+            return 1
+        end
+        local done, doc = pcall(job, ctx, arg)
+        answer(done and doc or { error = tostring(doc) })
+        return 0
+    end,
+}

@@ -1,0 +1,102 @@
+-- User code that must not be able to freeze or bloat the process that
+-- asks for it: the user's fallback policy (manager.policy) and the backends
+-- in <root>/backends/ run in a child (`chat-manager _user JOB ARG`, see
+-- commands/_user.lua) under kernel limits.  The child sets, for itself, a
+-- CPU-time limit (RLIMIT_CPU), an address-space limit (RLIMIT_AS, where the
+-- sanitizers do not forbid it) and a cap on Lua's heap (cm.sys.limit); this
+-- side kills its whole process group at the wall-clock deadline, keeps at
+-- most max_output bytes of its output, and reads the answer as JSON.  A C
+-- function called in a loop (("").rep("", 2^62), a backtracking pattern,
+-- table.move over 2^50 slots) cannot escape: the instruction budget inside
+-- counts Lua instructions only, but the kernel and the deadline count
+-- everything.  Waiting for the child parks only the calling task, so a
+-- supervisor keeps answering stop, HUP and USR1 meanwhile.
+
+local M = {}
+
+-- The answer is the text after the last MARK on the child's stdout.
+M.MARK = "\n\1cm-answer\1"
+
+-- The program the child runs: this binary (tests embedding the runtime
+-- point it at chat-manager).
+M.exe = nil
+
+-- manager.user_code as numbers: timeout ms, memory bytes, output bytes.
+function M.limits(settings)
+    local uc = settings and settings:get("manager.user_code")
+    if type(uc) ~= "table" then uc = require("settings").defaults.manager.user_code end
+    return { timeout = uc.timeout * 1000, memory = uc.memory_mb * 1024 * 1024,
+             output = uc.max_output }
+end
+
+local function seconds(ms)
+    return (ms % 1000 == 0 and "%d s" or "%.1f s"):format(ms / 1000)
+end
+
+-- Refuses user code that someone else could have changed: the file and its
+-- directory must belong to us (or root) and not be writable by group or
+-- others.  Returns true, or nil and the message to show.
+function M.trusted(path)
+    local uid = cm.sys.uid()
+    local dir = path:match("^(.*)/[^/]*$") or "."
+    for _, p in ipairs({ dir, path }) do
+        local st = cm.fs.stat(p)
+        if st then
+            if st.uid ~= uid and st.uid ~= 0 then
+                return nil, ("%s belongs to uid %d, not to you (uid %d): not run (chown it, or remove it)")
+                    :format(p, st.uid, uid)
+            end
+            if st.mode & 0x12 ~= 0 then -- 022: group or others may write
+                local who = (st.mode & 0x12 == 0x12) and "its group and others"
+                    or (st.mode & 0x10 ~= 0) and "its group" or "others"
+                return nil, ("%s is writable by %s: not run (chmod go-w %s)"):format(p, who, p)
+            end
+        end
+    end
+    return true
+end
+
+local SIGKILL, SIGXCPU = 9, 24
+
+-- Runs JOB with arg (a JSON-able table) in a child under the limits of
+-- `settings` (the defaults when nil); timeout_ms overrides the wall-clock
+-- deadline.  Returns the child's answer (a table), or nil and what went
+-- wrong ("did not finish within 5 s", "exceeded its CPU time limit", ...).
+function M.call(root, settings, job, arg, timeout_ms)
+    local lim = M.limits(settings)
+    timeout_ms = timeout_ms or lim.timeout
+    arg.memory, arg.output = lim.memory, lim.output
+    arg.cpu = math.max(1, math.ceil(timeout_ms / 1000))
+    local ok, text = pcall(cm.json.encode, arg)
+    if not ok then return nil, "cannot pass its input: " .. tostring(text) end
+    local res, err = cm.proc.run({
+        argv = { M.exe or cm.sys.exe(), "--root", root, "--no-color", "_user", job, text },
+        timeout = timeout_ms, max_output = lim.output + 4096,
+    })
+    if not res then return nil, err end
+    if res.timed_out then
+        return nil, ("did not finish within %s: stopped"):format(seconds(timeout_ms))
+    end
+    local at, pos = nil, 1
+    while true do
+        local s, e = res.stdout:find(M.MARK, pos, true)
+        if not s then break end
+        at, pos = e + 1, e + 1
+    end
+    if at == nil then
+        if res.signal == SIGXCPU or res.signal == SIGKILL then
+            return nil, ("exceeded its CPU time limit (%d s): stopped"):format(arg.cpu)
+        end
+        if res.truncated then
+            return nil, ("wrote more than %d bytes of output: stopped"):format(lim.output)
+        end
+        local why = (res.stderr or ""):gsub("%s+$", ""):sub(-300)
+        return nil, ("ended without an answer (exit %d)%s"):format(res.code,
+            why ~= "" and (": " .. why) or "")
+    end
+    local doc = cm.json.decode(res.stdout:sub(at):match("^[^\n]*"))
+    if type(doc) ~= "table" then return nil, "gave an answer that is not JSON" end
+    return doc
+end
+
+return M
