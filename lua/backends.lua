@@ -45,11 +45,6 @@ end
 -- unchanged files.
 local user_cache = {} -- path -> { stamp = "...", mod = module|false }
 
-local function user_settings(root)
-    local ok, settings = pcall(require("settings").load, root)
-    return ok and settings or nil
-end
-
 local function user_stand_in(name, path, summary)
     return {
         name = name, summary = summary, source = path,
@@ -86,7 +81,7 @@ local function load_user_backends(root, paths)
         end
     end
     if #tasks == 0 then return mods end
-    local settings = user_settings(root)
+    local settings = require("usercode").settings_of(root)
     for _, t in ipairs(tasks) do
         t.task = cm.task.spawn(function()
             local ok, why = require("usercode").trusted(t.path)

@@ -54,23 +54,32 @@ local function read_supervisor_pid(inst)
     return text and math.tointeger(tonumber(text:match("%d+")))
 end
 
--- The supervisor's PID when it is alive and provably ours.
+-- The supervisor's PID when it is alive and provably ours.  When
+-- run/supervisor.pid could not be written (a full disk) while run/lock is
+-- held, it is the marked process that runs `_supervise` or `run` and whose
+-- parent is not marked (the app and the helpers are its children).
 function M.supervisor_pid(inst)
     if not inst:supervisor_alive() then return nil end
     local pid = read_supervisor_pid(inst)
     if pid and cm.proc.has_marker(pid, instance_mod.MARKER, inst.id) then return pid end
+    local marked, by_pid = inst:marked_processes(), {}
+    for _, p in ipairs(marked) do by_pid[p.pid] = p end
+    for _, p in ipairs(marked) do
+        local cmd = p.cmdline or {}
+        if not by_pid[p.ppid] then
+            for i = 2, #cmd do
+                if cmd[i] == "_supervise" or cmd[i] == "run" then return p.pid end
+            end
+        end
+    end
     return nil
 end
 
--- Is `name` runnable with this PATH?
-function M.find_program(name, path)
-    if name:find("/") then return cm.fs.access(name, "x") and name or nil end
-    for dir in (path or ""):gmatch("[^:]+") do
-        local candidate = dir .. "/" .. name
-        local st = cm.fs.stat(candidate)
-        if st and st.type == "file" and cm.fs.access(candidate, "x") then return candidate end
-    end
-    return nil
+-- Is `name` runnable with this PATH?  The lookup the spawn itself does
+-- (cm.proc.which); no PATH finds only a name with a '/'.
+function M.find_program(name, path, cwd)
+    if not name:find("/") and (path == nil or path == "") then return nil end
+    return (cm.proc.which(name, path, cwd))
 end
 
 -- Pre-flight checks of `start`: the app's program, its script and the venv.
@@ -81,7 +90,7 @@ local function check_app(launch)
     end
     local prog = launch.argv[1]
     local resolved = prog:find("/") and (prog:sub(1, 1) == "/" and prog or launch.cwd .. "/" .. prog)
-    if not M.find_program(resolved or prog, launch.env.PATH) then
+    if not M.find_program(resolved or prog, launch.env.PATH, launch.cwd) then
         return nil, ("%s not found%s"):format(prog,
             launch.venv and (" (also looked in %s/bin)"):format(launch.venv) or " in PATH")
     end

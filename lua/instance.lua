@@ -76,7 +76,8 @@ local STATE_TYPES = {
 }
 
 local function state_problem(state)
-    if type(state) ~= "table" or getmetatable(state) == cm.json.array then
+    -- decoded arrays carry a metatable (cm.json.array); objects none
+    if type(state) ~= "table" or getmetatable(state) ~= nil or state[1] ~= nil then
         return "not a JSON object"
     end
     for key, want in pairs(STATE_TYPES) do

@@ -29,6 +29,13 @@ function M.limits(settings)
              output = uc.max_output }
 end
 
+-- The root's settings for their limits, or nil (a broken config: the
+-- defaults apply).
+function M.settings_of(root)
+    local ok, settings = pcall(require("settings").load, root)
+    return ok and settings or nil
+end
+
 local function seconds(ms)
     return (ms % 1000 == 0 and "%d s" or "%.1f s"):format(ms / 1000)
 end
@@ -66,7 +73,9 @@ function M.call(root, settings, job, arg, timeout_ms)
     local lim = M.limits(settings)
     timeout_ms = timeout_ms or lim.timeout
     arg.memory, arg.output = lim.memory, lim.output
-    arg.cpu = math.max(1, math.ceil(timeout_ms / 1000))
+    -- CPU time is the backstop, a second past the wall clock (which counts
+    -- from the spawn, so it always comes first for a busy child).
+    arg.cpu = math.ceil(timeout_ms / 1000) + 1
     local ok, text = pcall(cm.json.encode, arg)
     if not ok then return nil, "cannot pass its input: " .. tostring(text) end
     local res, err = cm.proc.run({

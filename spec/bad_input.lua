@@ -699,6 +699,15 @@ user_command("a FIFO named bad.lua (running it must not block)", { ["commands/ba
     { "ignoring " .. CMDS .. "bad.lua", "Unknown command: bad" }, { timeout = 5000 })
 user_command("a FIFO named bad.lua (built-in commands still work)", { ["commands/bad.lua"] = { fifo = true } },
     { "status" }, 3, "Chat-O-Llama is not running", { timeout = 5000 })
+-- Listing user commands (help, an unknown name) loads each in a limited
+-- child: a loop at load time, even inside a C function, cannot hang them.
+user_command("an endless loop while loading (help must not hang)", cmd_file("while true do end\n"), { "help" }, 0,
+    { "ignoring " .. CMDS .. "bad.lua: " .. CMDS .. "bad.lua: loading it did not finish within 1 s", "Usage: chat-manager" },
+    { timeout = 10000, config = base({ user_timeout = 1 }) })
+user_command("a C-level loop while loading (an unknown command must not hang)",
+    { ["commands/other.lua"] = "return ('').rep('', 2^62)\n" }, { "nosuch" }, 2,
+    { "ignoring " .. CMDS .. "other.lua: " .. CMDS .. "other.lua: loading it did not finish within 1 s",
+      "Unknown command: nosuch" }, { timeout = 10000, config = base({ user_timeout = 1 }) })
 user_command("--json output stays clean", cmd_file("return 42\n"), { "backend", "status", "--json" }, 0,
     '"active": "ollama"', { stdout_json = true })
 

@@ -85,8 +85,9 @@ must all occur in the command's stdout+stderr, `not_says` likewise must not;
         becomes read-only for every new open, root's included: a read-only
         bind mount of it on itself (open files stay writable)
   { "replace_with_file", dir }       <root>/<dir> becomes a regular file
-  { "fill_disk", dir }               fills the tmpfs on dir (a filler file,
-                                     then the newest log, to the last byte)
+  { "fill_disk", dir, log= }         fills the tmpfs on dir (a filler file,
+                                     then the newest log, to the last byte;
+                                     log = false: the filler alone)
   { "limit_log_size" }               RLIMIT_FSIZE of the supervisor set to
                                      the size of its log (prlimit)
   { "take_port" }                    a fake-http (foreign) binds the app's
@@ -336,6 +337,20 @@ return {
         { "cm", "status", code = 0, says = { "is running", "No space left on device" },
           retry_ms = 10000 },
         { "supervisor_alive" },
+        { "cm", "stop", code = 0, says = stop_msg },
+      },
+      expect = { state = "stopped", status = 3 } },
+
+    -- run/ full before start: run/supervisor.pid and state.json cannot be
+    -- written; status must still find the live supervisor (run/lock is
+    -- held), not call it an orphan and say "not running".
+    { name = "run_dir_full_status_finds_the_supervisor",
+      needs = "mount",
+      steps = {
+        { "mount_tmpfs", "run", size = "64k" },
+        { "fill_disk", "run", log = false },
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "cm", "status", code = 0, says = "is running", not_says = { "rphan", "supervisor is gone" } },
         { "cm", "stop", code = 0, says = stop_msg },
       },
       expect = { state = "stopped", status = 3 } },

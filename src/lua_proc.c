@@ -852,6 +852,35 @@ static void push_pid_list(lua_State *L, pid_list_t *l)
     l->pids = NULL;
 }
 
+/* which(name [, path [, cwd]]) -> path | nil, msg, code: the file a spawn
+ * of `name` would exec (the one PATH lookup, cm_proc_find_program; `path`
+ * defaults to ours).  A name with '/' is that file, relative to cwd. */
+static int l_which(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    const char *path = luaL_optstring(L, 2, NULL);
+    const char *cwd = luaL_optstring(L, 3, NULL);
+    if (path == NULL) path = getenv("PATH");
+    if (path == NULL) path = DEFAULT_PATH;
+    char out[PATH_MAX];
+    int rc;
+    if (strchr(name, '/') != NULL) {
+        int n = name[0] == '/' || cwd == NULL ? snprintf(out, sizeof out, "%s", name)
+                                              : snprintf(out, sizeof out, "%s/%s", cwd, name);
+        struct stat st;
+        rc = n < 0 || (size_t)n >= sizeof out ? -ENAMETOOLONG
+             : stat(out, &st) != 0            ? -errno
+             : !S_ISREG(st.st_mode)           ? -EACCES
+             : access(out, X_OK) != 0         ? -errno
+                                              : 0;
+    } else {
+        rc = cm_proc_find_program(name, path, cwd, out, sizeof out);
+    }
+    if (rc != 0) return cm_fail(L, cm_errno_code(-rc), "%s: %s", name, strerror(-rc));
+    lua_pushstring(L, out);
+    return 1;
+}
+
 static int l_list(lua_State *L)
 {
     pid_list_t l = {NULL, 0, 0};
@@ -1274,6 +1303,7 @@ int cm__open_proc(lua_State *L)
         {"has_marker", l_has_marker},
         {"cwd", l_cwd},
         {"list", l_list},
+        {"which", l_which},
         {"wait_exit", l_wait_exit},
         {"wait_group", l_wait_group},
         {"set_subreaper", l_set_subreaper},

@@ -6,6 +6,8 @@
 --                  in its sandbox -> {decision | error, prints, dropped}
 --   backend_load   {path}: loads a user backend -> {summary} | {error}
 --   backend_check  {path}: loads it and runs its check -> {result} | {error}
+--   command_load   {path}: loads a user command -> {name, usage, summary,
+--                  group, max_args} | {error}
 -- The answer is one JSON line after usercode.MARK on stdout.
 
 local usercode = require("usercode")
@@ -59,6 +61,10 @@ function jobs.backend_load(_, arg)
     if not mod then return { error = err } end
     local summary = rawget(mod, "summary")
     return { summary = type(summary) == "string" and summary or nil }
+end
+
+function jobs.command_load(_, arg)
+    return require("registry").describe_user_command(arg.path)
 end
 
 function jobs.backend_check(ctx, arg)

@@ -34,6 +34,12 @@ local function collect(ctx)
     report.last_exit = st.last_exit
     report.retry_at = st.retry_at
     report.log_error = sup and st.log_error or nil
+    if sup and st.state == nil and app and app.alive then
+        -- run/state.json could not be written (a full disk) or is corrupt:
+        -- the live supervisor's app, found through process.pid
+        report.state = "running"
+        st.pid = app.pid
+    end
     if sup then
         report.pid = st.pid
         if st.state == "running" and st.since then report.uptime_s = cm.time.wall() - st.since end
