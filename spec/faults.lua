@@ -100,6 +100,7 @@ must all occur in the command's stdout+stderr, `not_says` likewise must not;
   { "write_state", of=id }           run/state.json: running, pid and pgid
                                      the sentinel, with a wrong pid_start
   { "write_state", text= }           run/state.json holds exactly `text`
+  { "write_file", path, text= }      <root>/<path> holds exactly `text`
   { "kill_server", id } / { "start_server", id }   a fake-http of `servers`
                                      (restarted on the same port)
   { "wait_served", id, n= }          that server answered n requests with
@@ -193,6 +194,22 @@ return {
         -- an action is logged before the transition that ran it
         { "log_order", "running -> stopping on stop", "killing process group",
           "stopping -> stopping on stop_timeout", "stopping -> stopped on exited (killed by SIGKILL)" },
+      },
+      expect = { state = "stopped", status = 3 } },
+
+    ---- user code cannot freeze the supervisor ----------------------------
+    -- The policy loops inside a C function during a health check (USR1);
+    -- it runs in a child, so the supervisor still answers stop at once and
+    -- the child ends with it.  (The policy file appears after the start, so
+    -- that start itself does not wait for it.)
+    { name = "policy_c_loop_supervisor_still_stops",
+      config = { manager = { policy = "policy.lua", user_code = { timeout = 60 } } },
+      steps = {
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "write_file", "policy.lua", text = "return function(ctx)\n  return ('').rep('', 2^62)\nend\n" },
+        { "signal_supervisor", "USR1" },
+        { "wait_log", "unhealthy (1 in a row)" },
+        { "cm", "stop", code = 0, says = stop_msg, timeout = 5000 },
       },
       expect = { state = "stopped", status = 3 } },
 

@@ -31,9 +31,9 @@ typedef struct cm_config_error {
 } cm_config_error_t;
 
 typedef struct cm_config {
-    cJSON *root; /* always an object */
-    char *path;  /* the file it was loaded from */
-    int has_bom; /* the file started with a UTF-8 BOM; saves write it back */
+    cJSON *root;   /* always an object */
+    char *path;    /* the file it was loaded from */
+    int has_bom;   /* the file started with a UTF-8 BOM; saves write it back */
     int nul_marks; /* its strings spell NUL as "\u0000": held as U+10FFFF */
 } cm_config_t;
 

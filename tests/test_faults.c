@@ -140,7 +140,8 @@ static const char helpers[] =
     "  signal_supervisor = 1, signal_app = 1, delete_config = 1, corrupt_config = 1,\n"
     "  mount_tmpfs = 1, read_only = 1, replace_with_file = 1, fill_disk = 1,\n"
     "  limit_log_size = 1, take_port = 1, sentinel = 1, write_pid_file = 1,\n"
-    "  write_supervisor_pid = 1, write_state = 1, kill_server = 1, start_server = 1,\n"
+    "  write_supervisor_pid = 1, write_state = 1, write_file = 1, kill_server = 1,\n"
+    "  start_server = 1,\n"
     "  wait_log = 1, log_has = 1, log_count = 1, log_order = 1, wait_served = 1 }\n"
     "local STATES = { stopped = 1, starting = 1, running = 1, stopping = 1, failed = 1,\n"
     "  unknown = 1, ['running|stopped'] = 1 }\n"
@@ -1198,6 +1199,20 @@ static int step_write_supervisor_pid(row_ctx_t *c)
     return rc;
 }
 
+static int step_write_file(row_ctx_t *c)
+{
+    const char *rel = top_arg(2);
+    const char *text = top_str("text");
+    if (rel == NULL || text == NULL) {
+        note(c, "write_file: needs a path and text=");
+        return -1;
+    }
+    char *path = root_file(c, rel);
+    int rc = write_bytes(path, text, strlen(text));
+    free(path);
+    return rc;
+}
+
 static int step_write_state(row_ctx_t *c)
 {
     const char *forged = top_str("text");
@@ -1269,6 +1284,7 @@ static const struct {
     {"write_pid_file", step_write_pid_file},
     {"write_supervisor_pid", step_write_supervisor_pid},
     {"write_state", step_write_state},
+    {"write_file", step_write_file},
     {"kill_server", step_kill_server},
     {"start_server", step_start_server},
     {"wait_log", step_wait_log},
