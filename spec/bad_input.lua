@@ -634,6 +634,23 @@ add("user-backend", { name = "a group-writable backends/ directory is not run", 
     message = { "[ERROR] ${ROOT}/backends is writable by its group: not run (chmod go-w ${ROOT}/backends)",
                 "Unknown backend: mine" } })
 
+-- FIFOs where the manager reads a file: one reader for all (non-blocking
+-- open, regular files only) instead of a read that waits for a writer.
+for _, f in ipairs({ "process.pid", "run/state.json", "logs/chat-o-llama_20260101_000000.log" }) do
+    for _, c in ipairs({ { { "status" }, 3, "Chat-O-Llama is not running" },
+                         { { "stop" }, 0, "Chat-O-Llama is not running" },
+                         { { "force-stop" }, 0, "Nothing to stop" },
+                         { { "logs", "--no-follow" }, 0, nil } }) do
+        -- (stop and force-stop remove process.pid, whatever it is)
+        if not (c[1][1] == "logs" and f ~= "logs/chat-o-llama_20260101_000000.log")
+            and not (c[1][1] ~= "status" and f == "process.pid") then
+            add("command", { name = ("%s with a FIFO at %s (must not block)"):format(table.concat(c[1], " "), f),
+                argv = c[1], exit = c[2], message = c[3] or "Showing ${ROOT}/logs/chat-o-llama_20260101_000000.log",
+                files = { [f] = { fifo = true } }, timeout = 5000 })
+        end
+    end
+end
+
 add("command", { name = "start with run/ a symlink (refused, its target untouched)", argv = { "start" }, exit = 1,
     files = { ["elsewhere"] = { dir = true, mode = tonumber("755", 8) }, ["run"] = { symlink = "${ROOT}/elsewhere" } },
     message = "${ROOT}/run is a symlink: refused" })

@@ -163,10 +163,9 @@ static void assert_verdict(const char *name, const void *data, size_t len, int e
 }
 
 /* Sparse files: 16 GiB that take a few KiB of disk.  A header that claims
- * 2^30 empty strings over the zeros made the reader read all 16 GiB (160 s
- * for one model); it stops at the 64 MiB header bound, well inside a health
- * check's deadline.  A file longer than its header says is not a model as
- * written either. */
+ * 2^30 empty strings over the zeros made the reader read 8 GiB of them
+ * (minutes per model); it stops at the 32 MiB header bound.  A file longer than its header says is
+ * not a model as written either. */
 static void test_sparse_and_oversized_files(void **state)
 {
     (void)state;
@@ -182,12 +181,11 @@ static void test_sparse_and_oversized_files(void **state)
     assert_int_equal(truncate(path, (off_t)huge), 0);
     cm_gguf_info_t info;
     char err[512];
-    double t0 = cmt_now_ms();
     int rc = read_file_verdict(path, &info, err, sizeof err);
-    double ms = cmt_now_ms() - t0;
     free(path);
-    if (rc != CM_GGUF_INVALID || strstr(err, "metadata goes on past 64 MiB") == NULL || ms > 1500) {
-        print_error("sparse file: rc %d, %.0f ms, '%s'\n", rc, ms, err);
+    /* The bound, not the file's end, stopped it (the time: bench/). */
+    if (rc != CM_GGUF_INVALID || strstr(err, "metadata goes on past 32 MiB") == NULL) {
+        print_error("sparse file: rc %d, '%s'\n", rc, err);
         fail();
     }
 

@@ -153,7 +153,9 @@ function M.validate(decision, ctx, known, default_how)
 end
 
 -- Loaded policies by path, so that a policy may keep state between
--- decisions (its upvalues) while its file is unchanged.
+-- decisions (its upvalues) while its file is unchanged, within one process.
+-- The manager runs each decision in a fresh child (lua/usercode.lua), so
+-- there a policy starts from its file every time.
 local loaded = {} -- path -> { stamp = "...", fn = function, state = {run=, print=} }
 
 local function load_policy(path, run, print_fn)
