@@ -164,8 +164,8 @@ static void assert_verdict(const char *name, const void *data, size_t len, int e
 
 /* Sparse files: 16 GiB that take a few KiB of disk.  A header that claims
  * 2^30 empty strings over the zeros made the reader read 8 GiB of them
- * (minutes per model); it stops at the 32 MiB header bound.  A file longer than its header says is
- * not a model as written either. */
+ * (minutes per model); it stops at the 32 MiB header bound.  A file longer
+ * than its header says is not a model as written either. */
 static void test_sparse_and_oversized_files(void **state)
 {
     (void)state;
