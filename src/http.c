@@ -18,7 +18,7 @@
 
 #include "curl_api.h"
 
-#include "runtime.h"
+#include "owner.h"
 
 #include <stdint.h>
 #include <stdio.h>

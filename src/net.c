@@ -15,7 +15,7 @@
 #include "net.h"
 
 #include "proc.h"
-#include "runtime.h"
+#include "owner.h"
 
 #include <dirent.h>
 #include <limits.h>

@@ -16,6 +16,8 @@
 #ifndef CM_RUNTIME_H
 #define CM_RUNTIME_H
 
+#include "owner.h"
+
 #include <lua.h>
 #include <lauxlib.h>
 #include <uv.h>
@@ -28,23 +30,6 @@ typedef struct cm_waiter {
     cm_task_t *task;  /* NULL when nobody waits (cancelled or already resumed) */
     cm_runtime_t *rt; /* the runtime, to know whether it is closing */
 } cm_waiter_t;
-
-/*
- * HANDLE OWNERSHIP RULE (every src/lua_*.c must follow it).
- *
- * Every uv handle a primitive opens is malloc'd (never Lua memory) and its
- * `data` field points to a struct whose FIRST member is a cm_owner_t.  When
- * the runtime closes with handles still open (a task abandoned mid-wait),
- * cm_runtime_free calls owner->teardown(owner) for each such handle; the
- * teardown must be idempotent (it may be called once per handle of the same
- * owner), must uv_close every handle it owns that is not already closing
- * (uv_is_closing) with close callbacks that free, and must not call into Lua.
- * An owner referenced by a Lua userdata clears the userdata's pointer in its
- * teardown so the later __gc does nothing.
- */
-typedef struct cm_owner {
-    void (*teardown)(struct cm_owner *self);
-} cm_owner_t;
 
 /* Creates the loop and the Lua state with the standard libraries, the `cm`
  * module (also a global) and the embedded scripts in package.preload. */
@@ -137,10 +122,5 @@ double cm_now_ms(void);
  * CM_MAX_MS (about 31 years) is CM_MAX_MS. */
 #define CM_MAX_MS 1e12
 uint64_t cm_ms(lua_State *L, int arg, lua_Number ms);
-
-/* uv_timer_start measured from now: libuv's cached loop time is brought up
- * to date first, so a timer started after long work in a callback does not
- * fire early.  Every timer start goes through this. */
-int cm_timer_start(uv_timer_t *t, uv_timer_cb cb, uint64_t timeout, uint64_t repeat);
 
 #endif
