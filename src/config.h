@@ -5,23 +5,20 @@
  * (the style Chat-O-Llama itself writes), so a load/save round trip of such
  * a file is byte-identical.
  *
- * Also the JSON engine that cm.json shares: cm_json_parse (cJSON plus
- * line:column errors and number literals kept for exact output) and
- * cm_json_print (the same printer, indented or compact).
+ * The JSON text engine under it, which cm.json shares, is json_text.h.
  *
  * Pure C on cJSON: no Lua, no libuv.
  */
 #ifndef CM_CONFIG_H
 #define CM_CONFIG_H
 
+#include "json_text.h"
+
 #include <stddef.h>
 #include <cjson/cJSON.h>
 
-/* The largest config file (and the largest text cm_json_parse accepts). */
-#define CM_CONFIG_MAX_BYTES (16u * 1024u * 1024u)
-
-/* The deepest nesting a parse accepts (cJSON's own limit). */
-#define CM_JSON_MAX_DEPTH CJSON_NESTING_LIMIT
+/* The largest config file. */
+#define CM_CONFIG_MAX_BYTES CM_JSON_MAX_BYTES
 
 typedef struct cm_config_error {
     char msg[512];    /* "path:line:col: what" or "path: strerror" */
@@ -87,33 +84,5 @@ char *cm_config_text(const cm_config_t *cfg, size_t *len);
  * Returns 0 or -1. */
 int cm_config_save(const cm_config_t *cfg, const char *path, const char *lock_path,
                    cm_config_error_t *err);
-
-/* Parses JSON text of `len` bytes (the text need not be NUL-terminated).  Any
- * JSON value is accepted at the top.  Number nodes whose source spelling
- * differs from what cm_json_print would write (1.0, 1E5, integers beyond
- * 2^53) keep it in their valuestring, so printing gives it back exactly.
- * Returns the tree, or NULL with "<line>:<col>: <what>" in err (1-based; the
- * column counts characters). */
-cJSON *cm_json_parse(const char *text, size_t len, char *err, size_t errlen);
-
-/* Prints a tree: with `indent`, in json.dump(indent=2) style without the
- * final newline; without, compact ({"a":1,"b":[true,null]}).  Keys keep their
- * order; strings are escaped as JSON requires (non-ASCII bytes pass through).
- * Integral numbers up to 2^53 print as integers, others as the shortest of
- * %.15g/%.16g/%.17g that reads back the same.  Returns a malloc'd string, or
- * NULL when out of memory, for a NaN or infinity, or a tree deeper than
- * CM_JSON_MAX_DEPTH + 100 (cJSON built by hand). */
-char *cm_json_print(const cJSON *node, int indent, size_t *len);
-
-/* Attaches the exact decimal spelling `literal` to a number node, so the
- * printer writes it instead of the double (used for 64-bit integers beyond
- * 2^53).  Returns 0, or -1 when out of memory (the node is unchanged). */
-int cm_json_set_literal(cJSON *number, const char *literal);
-
-/* The number node's exact integer value when its source spelling is an
- * integer that fits in 64 bits, or its double is integral and at most 2^53 in
- * magnitude: returns 1 and stores it in *out.  Returns 0 for everything else
- * (fractions, exponents, huge values). */
-int cm_json_integer(const cJSON *number, long long *out);
 
 #endif

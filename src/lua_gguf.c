@@ -10,7 +10,6 @@
 #include <lauxlib.h>
 
 #include "cm_modules.h"
-#include "config.h"
 #include "fsutil.h"
 #include "gguf.h"
 #include "runtime.h"

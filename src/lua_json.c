@@ -16,7 +16,7 @@
 #include <lauxlib.h>
 
 #include "cm_modules.h"
-#include "config.h"
+#include "json_text.h"
 #include "runtime.h"
 
 #define ARRAY_MT "cm.json.array"

@@ -1,6 +1,6 @@
 /*
  * fuzz_config: the config file's parser, printer and dotted keys
- * (src/config.c), fed arbitrary bytes.
+ * (src/config.c on src/json_text.c), fed arbitrary bytes.
  *
  * Input: config text, optionally followed by a NUL byte and NUL-separated
  * dotted keys ("a.b\0c\0") that are set, read back and unset.  The whole
