@@ -603,10 +603,10 @@ for _, p in ipairs(contained) do
         config = base({ policy = "policy.lua", auto_fallback = true, active = "llamacpp", user_timeout = p.timeout or 1,
                         base_url = "http://127.0.0.1:${HTTP_PORT}" }),
         files = { ["policy.lua"] = p[2] }, http = { mode = "ollama" },
-        message = { "Switched backend from 'llamacpp' to 'ollama'", "user policy failed: ",
-                    "the built-in policy decided", "Chat-O-Llama started successfully",
+        message = { "Starting with backend 'ollama' instead of 'llamacpp' (config.json unchanged)",
+                    "user policy failed: ", "the built-in policy decided", "Chat-O-Llama started successfully",
                     table.unpack(type(p[3]) == "table" and p[3] or { p[3] }) },
-        changes = { ["config.json"] = '"active": "ollama"' }, after = { { "stop" } }, timeout = 40000 })
+        changes = { ["run/app-config.json"] = '"active": "ollama"' }, after = { { "stop" } }, timeout = 40000 })
 end
 
 -- Code that someone else can change is not run: the policy file, and
