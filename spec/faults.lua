@@ -89,7 +89,8 @@ must all occur in the command's stdout+stderr, `not_says` likewise must not;
                                      then the newest log, to the last byte;
                                      log = false: the filler alone)
   { "limit_log_size" }               RLIMIT_FSIZE of the supervisor set to
-                                     the size of its log (prlimit)
+                                     the size of its log (prlimit), once
+                                     the log is padded to 64 KiB
   { "take_port" }                    a fake-http (foreign) binds the app's
                                      port on 127.0.0.1
   { "sentinel", id }                 a foreign process recording signals
