@@ -563,7 +563,7 @@ static void put_string(outbuf_t *b, const char *s)
     const char *run = s;
     for (const char *p = s; *p != '\0'; p++) {
         unsigned char c = (unsigned char)*p;
-        if (b->nul_marks && memcmp(p, NUL_MARK, 4) == 0) {
+        if (b->nul_marks && strncmp(p, NUL_MARK, 4) == 0) {
             put(b, run, (size_t)(p - run));
             puts_(b, "\\u0000");
             p += 3;
