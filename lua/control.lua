@@ -465,12 +465,9 @@ function M.stop_locked(ctx, settings, inst)
     elseif app and not sup and cm.fs.exists(inst.pid_file) then
         ui.warn("Removing stale PID file (PID %d is not running)", app.pid)
     end
+    -- run/state.json is the supervisor's alone: without a supervisor holding
+    -- run/lock, readers take a live state in it for the last one it wrote.
     cm.fs.remove(inst.pid_file)
-    local st = inst:read_state()
-    if st and st.state ~= "stopped" and st.state ~= "failed" then
-        st.state, st.pid, st.since = "stopped", nil, cm.time.wall()
-        inst:write_state(st)
-    end
     if stop_orphans(inst) > 0 then stopped_something = true end
     ui.result("stopped", stopped_something)
     if stopped_something then
@@ -617,11 +614,6 @@ function M.force_stop(ctx)
         end
     end
     if not (app and app.unproven) then cm.fs.remove(inst.pid_file) end
-    local st = inst:read_state()
-    if st then
-        st.state, st.pid, st.since = "stopped", nil, cm.time.wall()
-        inst:write_state(st)
-    end
     ui.result("killed", killed)
     if killed > 0 then
         ui.info("Force stop complete (%d killed)", killed)

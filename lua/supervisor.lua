@@ -36,8 +36,15 @@ function Supervisor:log(fmt, ...)
 end
 
 -- Tells a waiting `start` how it went (once): "ready ..." or "failed ...".
+-- From an action, the line waits until the transition is in the log and in
+-- run/state.json (on_transition sends it): `start` must not return before a
+-- `status` run right after it can see the new state.
 function Supervisor:report(line)
     if not self.ready_fd then return end
+    if self.in_transition then
+        self.pending_report = self.pending_report or line
+        return
+    end
     cm.sys.write(self.ready_fd, line .. "\n")
     cm.fs.close(self.ready_fd)
     self.ready_fd = nil
@@ -178,10 +185,9 @@ function actions.probe_ready(sv)
         on_exit = function(code)
             if sv.ctx.attempt ~= attempt then return end
             sv.probe = nil
-            if code == 0 and sv.machine:state() == "starting" then
-                ctx.ready_ms = math.floor(cm.time.now() - ctx.spawned_at + 0.5)
-                sv.machine:fire("ready")
-            elseif code == PROBE_WRONG_PORT and sv.machine:state() == "starting" then
+            if code == 0 then
+                sv.machine:fire("ready", { ms = math.floor(cm.time.now() - ctx.spawned_at + 0.5) })
+            elseif code == PROBE_WRONG_PORT then
                 -- It will not become ready on this port: end the start now,
                 -- as its timeout would.
                 if sv.start_timer then sv.start_timer:stop() end
@@ -231,8 +237,9 @@ function Supervisor:stop_probe()
     self.probe = nil
 end
 
-function actions.report_ready(sv)
+function actions.report_ready(sv, payload)
     local ctx = sv.ctx
+    ctx.ready_ms = payload.ms
     ctx.ever_ready = true
     ctx.running_since = cm.time.now()
     sv:report(("ready pid=%d port=%d ms=%d log=%s"):format(ctx.pid, sv.port, ctx.ready_ms or 0,
@@ -306,8 +313,15 @@ function actions.reset_restarts(sv)
     sv.ctx.restarts = 0
 end
 
+function actions.want_restart(sv)
+    sv.ctx.restart_wanted = true
+end
+
+function actions.drop_restart(sv)
+    sv.ctx.restart_wanted = false
+end
+
 function actions.give_up(sv)
-    sv.ctx.gave_up = true
     if sv.ctx.ever_ready then
         sv:log("giving up after %d restarts; state failed until you act", sv.ctx.restarts)
     end
@@ -343,25 +357,41 @@ function actions.kill_group(sv)
     end
 end
 
+-- The leader of a crashed app exited: what is left of its group goes at
+-- once (during a stop it gets the rest of the grace period instead).
+function actions.kill_leftovers(sv)
+    local pgid = sv.ctx.pid
+    if pgid and cm.proc.group_alive(pgid) then
+        sv:log("killing what is left of process group %d", pgid)
+        cm.proc.kill_group(pgid, "KILL")
+    end
+end
+
 function actions.finish_stop(sv)
-    sv.ctx.stopped_cleanly = true
     sv:finish_when_group_gone()
+end
+
+-- The supervisor ends (0 after a stop, 1 after giving up) once the
+-- transition is recorded: on_transition sets `done`.
+function actions.exit_stopped(sv)
+    sv.exit_code = 0
+end
+
+function actions.exit_failed(sv)
+    sv.exit_code = 1
 end
 
 -- ---- events from the loop ---------------------------------------------
 
--- The leader exited.  The app is over only when its whole group is gone:
--- leftovers of a crashed app are killed at once; during a stop they get the
--- rest of the grace period (the stop timer KILLs them).
+-- The leader exited (`leader_exit`: the table says what happens to the rest
+-- of its group).  The app is over only when its whole group is gone, and
+-- only then does `exited` fire.
 function Supervisor:on_leader_exit(attempt, code, signal)
     local ctx = self.ctx
     if attempt ~= ctx.attempt then return end
     local pgid = ctx.pid
     ctx.last_pgid = pgid
-    local state = self.machine:state()
-    if pgid and state ~= "stopping" and cm.proc.group_alive(pgid) then
-        cm.proc.kill_group(pgid, "KILL")
-    end
+    self.machine:fire("leader_exit")
     if pgid then
         local limit = (self.settings:get("manager.stop_timeout") + 5) * 1000
         if not cm.proc.wait_group(pgid, limit) then
@@ -369,15 +399,11 @@ function Supervisor:on_leader_exit(attempt, code, signal)
         end
     end
     cm.proc.reap_orphans()
-    -- Stable running resets the consecutive restart count (reset_after).
-    if ctx.running_since and
-        cm.time.now() - ctx.running_since >= self.settings:get("manager.restart.reset_after") * 1000 then
-        ctx.restarts = 0
-    end
-    ctx.running_since = nil
     -- cm.proc reports 128+N and the signal number; the machine wants a name
-    -- or nil ("exited cleanly" is code 0 and no signal).
-    local payload = { code = code }
+    -- or nil ("exited cleanly" is code 0 and no signal).  ran_ms: how long
+    -- it ran since it was ready (the table's reset_after rule).
+    local payload = { code = code, ran_ms = ctx.running_since and cm.time.now() - ctx.running_since }
+    ctx.running_since = nil
     if signal and signal ~= 0 then
         payload.signal = SIGNAL_NAMES[signal] or tostring(signal)
         payload.code = nil
@@ -386,6 +412,7 @@ function Supervisor:on_leader_exit(attempt, code, signal)
 end
 
 function Supervisor:on_transition(from, event, to)
+    self.in_transition = false
     self.since = cm.time.wall()
     local ctx = self.ctx
     local detail = ""
@@ -407,28 +434,23 @@ function Supervisor:on_transition(from, event, to)
         end
     end
     self:save_state()
+    if self.pending_report then
+        local line = self.pending_report
+        self.pending_report = nil
+        self:report(line)
+    end
+    if self.exit_code then self.done:set(self.exit_code) end
 end
 
--- Ends the supervisor once the app's group is gone (or restarts the app
--- when a HUP asked for it).
+-- Fires `finish` once the app's group is gone; the table decides whether
+-- the supervisor ends then (a restart may have begun a new attempt).
 function Supervisor:finish_when_group_gone()
     local sv = self
+    local attempt = sv.ctx.attempt
+    local pgid = sv.ctx.pid or sv.ctx.last_pgid
     cm.task.spawn(function()
-        -- Called from an action: let the transition finish (and be logged)
-        -- before anything below fires the next event or ends the process.
-        cm.time.sleep(0)
-        local pgid = sv.ctx.pid or sv.ctx.last_pgid
         if pgid then cm.proc.wait_group(pgid, 5000) end
-        local state = sv.machine:state()
-        if sv.restart_requested and (state == "stopped" or state == "failed") then
-            sv.restart_requested = false
-            sv.ctx.gave_up, sv.ctx.stopped_cleanly = false, false
-            sv.machine:fire("start")
-            return
-        end
-        if state == "stopped" or (state == "failed" and sv.ctx.gave_up) then
-            sv.done:set(state == "stopped" and 0 or 1)
-        end
+        sv.machine:fire("finish", { attempt = attempt })
     end)
 end
 
@@ -461,21 +483,15 @@ function Supervisor:check_backends()
     self.checking = false
 end
 
--- Restarts the app gracefully (HUP, or a backend switch).
+-- Restarts the app gracefully (HUP, or a backend switch); the table says
+-- what a restart means in each state.
 function Supervisor:restart_app(reason)
-    local state = self.machine:state()
     self:log("restart requested: %s", reason)
-    if state == "running" or state == "starting" then
-        self.restart_requested = true
-        self.machine:fire("stop")
-    elseif state == "failed" then
-        self.machine:fire("start")
-    end
+    self.machine:fire("restart")
 end
 
 -- TERM or INT: stop the app and end.
 function Supervisor:stop_requested()
-    self.restart_requested = false
     if self.notifier then self.notifier:stopping() end
     self.machine:fire("stop")
 end
@@ -525,7 +541,7 @@ function M.run(opts)
         ready_fd = opts.ready_fd,
         done = cm.task.event(),
         ctx = { policy = restart.policy, restarts = 0, max_restarts = restart.max_restarts,
-                ever_ready = false, started_at = cm.time.wall() },
+                reset_after = restart.reset_after, ever_ready = false, started_at = cm.time.wall() },
     }, Supervisor)
     if opts.serving and opts.serving ~= settings:get("backend.active") then
         -- start's fallback policy chose another backend than config.json's.
@@ -539,7 +555,10 @@ function M.run(opts)
 
     local bound = {}
     for name, fn in pairs(actions) do
-        bound[name] = function(_, payload) return fn(sv, payload or {}) end
+        bound[name] = function(_, payload)
+            sv.in_transition = true
+            return fn(sv, payload or {})
+        end
     end
     local machine, merr = cm.machine.new(lifecycle, bound, {
         context = sv.ctx,

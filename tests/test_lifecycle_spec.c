@@ -10,6 +10,12 @@
  * fresh runtime: the real table (require "lifecycle", the embedded copy), its
  * real guards, and recording fake actions that append their name to a list.
  *
+ * Each case also notes which row of the table it took: the row of its pair
+ * whose target state and actions are what ran (the survey checks that no two
+ * rows of a pair do the same, so the match is exact).  The last test fails
+ * for any row no case took: every guard is seen both true (its row taken)
+ * and false (a later row of its pair taken, the last one has no guard).
+ *
  * A case gathers what differs from the spec into a text while Lua runs and
  * asserts only once back in plain C, so a failure never longjmps out of a
  * Lua frame, and it lists every difference at once.
@@ -37,6 +43,14 @@ static char *spec_path;      /* $CM_SOURCE_DIR/spec/lifecycle.lua */
 static char *survey_problem; /* why the spec is incomplete or unreadable, or NULL */
 static spec_case_t *cases;
 static int ncases;
+
+/* The table's rows, as what taking them looks like:
+ * "running+exited->failed {record_exit, schedule_retry}" or
+ * "stopped+ready ignored"; and whether a case took each. */
+static char **row_keys;
+static char **row_names; /* for messages: the key and the row's guard */
+static int *row_taken;
+static int nrows;
 
 /* What a case found wrong, as text for fail_msg. */
 typedef struct findings {
@@ -257,6 +271,49 @@ static int survey_body(lua_State *L)
         }
         lua_pop(L, 6); /* [.., pairs] */
     }
+    lua_pop(L, 1); /* [.., m] */
+
+    /* The rows, and what taking each looks like. */
+    call_method(L, m, "rows", 0, 1); /* [.., m, rows] */
+    int rows = lua_gettop(L);
+    nrows = (int)lua_rawlen(L, rows);
+    row_keys = calloc((size_t)(nrows > 0 ? nrows : 1), sizeof *row_keys);
+    row_names = calloc((size_t)(nrows > 0 ? nrows : 1), sizeof *row_names);
+    row_taken = calloc((size_t)(nrows > 0 ? nrows : 1), sizeof *row_taken);
+    if (row_keys == NULL || row_names == NULL || row_taken == NULL)
+        return luaL_error(L, "out of memory");
+    for (int i = 1; i <= nrows; i++) {
+        luaL_checkstack(L, 10, NULL);
+        lua_rawgeti(L, rows, i);        /* [.., rows, row] */
+        lua_getfield(L, -1, "from");    /* [.., row, from] */
+        lua_getfield(L, -2, "event");   /* [.., row, from, event] */
+        lua_getfield(L, -3, "to");      /* [.., row, from, event, to] */
+        lua_getfield(L, -4, "guard");   /* [.., row, from, event, to, guard] */
+        lua_getfield(L, -5, "ignore");  /* [.., guard, ignore] */
+        lua_getfield(L, -6, "actions"); /* [.., guard, ignore, actions] */
+        enum { FROM = 2, EVENT, TO, GUARD, IGNORE, ACTIONS }; /* above `rows` */
+        const char *from = lua_tostring(L, rows + FROM), *event = lua_tostring(L, rows + EVENT);
+        const char *key;
+        if (lua_toboolean(L, rows + IGNORE)) {
+            key = lua_pushfstring(L, "%s+%s ignored", from, event);
+        } else {
+            const char *actions = push_joined(L, rows + ACTIONS); /* [.., actions, joined] */
+            key = lua_pushfstring(L, "%s+%s->%s %s", from, event, lua_tostring(L, rows + TO),
+                                  actions);
+        }
+        const char *guard = lua_tostring(L, rows + GUARD);
+        const char *name = lua_pushfstring(L, "%s%s%s%s", key, guard ? " (guard " : "",
+                                           guard ? guard : "", guard ? ")" : "");
+        for (int j = 0; j < i - 1; j++)
+            if (strcmp(row_keys[j], key) == 0)
+                note(&s->gaps, "rows %d and %d do the same (%s): a case cannot tell them apart\n",
+                     j + 1, i, key);
+        row_keys[i - 1] = strdup(key);
+        row_names[i - 1] = strdup(name);
+        if (row_keys[i - 1] == NULL || row_names[i - 1] == NULL)
+            return luaL_error(L, "out of memory");
+        lua_settop(L, rows); /* [.., m, rows] */
+    }
     return 0;
 }
 
@@ -290,6 +347,24 @@ static void every_pair_has_a_case(void **state)
 {
     (void)state;
     if (survey_problem != NULL) fail_msg("%s: %s", spec_path, survey_problem);
+}
+
+/* Runs after every case: each row of the table was taken by one. */
+static void every_row_is_taken(void **state)
+{
+    (void)state;
+    findings_t f = {.len = 0};
+    for (int i = 0; i < nrows; i++)
+        if (!row_taken[i]) note(&f, "  row %d: %s\n", i + 1, row_names[i]);
+    if (nrows == 0) note(&f, "  the survey found no rows\n");
+    if (f.len > 0) fail_msg("%s: rows no case takes:\n%s", spec_path, f.text);
+}
+
+/* Marks the row whose taking looks like `key` (see row_keys). */
+static void mark_taken(const char *key)
+{
+    for (int i = 0; i < nrows; i++)
+        if (strcmp(row_keys[i], key) == 0) row_taken[i] = 1;
 }
 
 /* ---- one case ---------------------------------------------------------- */
@@ -406,6 +481,14 @@ static int case_body(lua_State *L)
     const char *got_actions = push_joined(L, CALLS);
     if (strcmp(want_actions, got_actions) != 0)
         note(f, "actions: expected %s, got %s\n", want_actions, got_actions);
+    if (lua_isstring(L, R1) && strcmp(lua_tostring(L, R1), "transition") == 0 && from != NULL) {
+        lua_getfield(L, CASE, "event"); /* [.., event] */
+        mark_taken(lua_pushfstring(L, "%s+%s->%s %s", from, lua_tostring(L, -1),
+                                   lua_tostring(L, R2), got_actions));
+    } else if (lua_isstring(L, R1) && strcmp(lua_tostring(L, R1), "ignored") == 0 && from != NULL) {
+        lua_getfield(L, CASE, "event"); /* [.., event] */
+        mark_taken(lua_pushfstring(L, "%s+%s ignored", from, lua_tostring(L, -1)));
+    }
     const char *got_hooks = push_joined(L, HOOKS);
     if (strcmp(want_hooks, got_hooks) != 0)
         note(f, "on_transition: expected %s, got %s\n", want_hooks, got_hooks);
@@ -456,7 +539,7 @@ int main(void)
     snprintf(spec_path, len, "%s/spec/lifecycle.lua", src);
     survey_spec();
 
-    struct CMUnitTest *tests = calloc((size_t)ncases + 1, sizeof *tests);
+    struct CMUnitTest *tests = calloc((size_t)ncases + 2, sizeof *tests);
     if (tests == NULL) return 1;
     tests[0] = (struct CMUnitTest){.name = "every state x event pair has a case",
                                    .test_func = every_pair_has_a_case};
@@ -466,10 +549,19 @@ int main(void)
                                            .setup_func = case_setup,
                                            .teardown_func = case_teardown,
                                            .initial_state = &cases[i]};
-    int failed = _cmocka_run_group_tests("lifecycle_spec", tests, (size_t)ncases + 1, NULL, NULL);
+    tests[ncases + 1] = (struct CMUnitTest){.name = "every row of the table is taken by a case",
+                                            .test_func = every_row_is_taken};
+    int failed = _cmocka_run_group_tests("lifecycle_spec", tests, (size_t)ncases + 2, NULL, NULL);
 
     for (int i = 0; i < ncases; i++)
         free(cases[i].name);
+    for (int i = 0; i < nrows; i++) {
+        free(row_keys[i]);
+        free(row_names[i]);
+    }
+    free(row_keys);
+    free(row_names);
+    free(row_taken);
     free(cases);
     free(tests);
     free(survey_problem);
