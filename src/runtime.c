@@ -689,9 +689,9 @@ static void teardown_walk_cb(uv_handle_t *h, void *arg)
         uv_close(h, NULL);
 }
 
-void cm_runtime_free(cm_runtime_t *rt)
+int cm_runtime_free(cm_runtime_t *rt)
 {
-    if (rt == NULL) return;
+    if (rt == NULL) return 0;
     rt->closing = 1;
     for (closer_t *c = rt->closers, *next; c != NULL; c = next) {
         next = c->next;
@@ -707,8 +707,10 @@ void cm_runtime_free(cm_runtime_t *rt)
     lua_close(rt->L);
     rt->L = NULL;
     uv_run(&rt->loop, UV_RUN_DEFAULT);
-    if (uv_loop_close(&rt->loop) != 0) fprintf(stderr, "[WARNING] event loop closed busy\n");
+    int rc = uv_loop_close(&rt->loop);
+    if (rc != 0) fprintf(stderr, "[WARNING] event loop closed busy\n");
     free(rt);
+    return rc;
 }
 
 /* ---- small helpers for primitives ------------------------------------- */

@@ -128,12 +128,13 @@ static void run_row(void **state)
         lua_pushstring(L, tmp);         /* [runner, spec, index, tmp] */
         rc = cm_runtime_run(rt, 3);
     }
-    cm_runtime_free(rt);
+    int closed = cm_runtime_free(rt);
     /* The escape attempt in the os.execute row must not have happened. */
     assert_int_not_equal(access("/tmp/cm-policy-escaped", F_OK), 0);
     cmt_rmtree(tmp);
     free(tmp);
     assert_int_equal(rc, 0);
+    assert_int_equal(closed, 0); /* the loop closed empty */
 }
 
 /* Reads the row names with a plain Lua state (the spec is only data). */

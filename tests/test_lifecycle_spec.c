@@ -333,14 +333,14 @@ static void survey_spec(void)
         note(&s.gaps, "%s\n", lua_tostring(L, -1));
         lua_pop(L, 1);
     }
-    if (s.gaps.len > 0) survey_problem = strdup(s.gaps.text);
     cases = calloc((size_t)(s.ncases > 0 ? s.ncases : 1), sizeof *cases);
     for (int i = 0; i < s.ncases && cases != NULL; i++) {
         if (s.names[i] == NULL) continue; /* the survey stopped before it */
         cases[ncases++] = (spec_case_t){.index = i + 1, .name = s.names[i]};
     }
     free(s.names);
-    cm_runtime_free(rt);
+    if (cm_runtime_free(rt) != 0) note(&s.gaps, "the survey's event loop did not close empty\n");
+    if (s.gaps.len > 0) survey_problem = strdup(s.gaps.text);
 }
 
 static void every_pair_has_a_case(void **state)
@@ -506,8 +506,9 @@ static int case_setup(void **state)
 static int case_teardown(void **state)
 {
     spec_case_t *c = *state;
-    cm_runtime_free(c->rt);
+    int rc = cm_runtime_free(c->rt);
     c->rt = NULL;
+    assert_int_equal(rc, 0); /* the loop closed empty */
     return 0;
 }
 

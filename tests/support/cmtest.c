@@ -240,6 +240,10 @@ cmt_result_t cmt_run_in(const char *cwd, const char *const argv[], const char *c
     r.out = bo.data;
     r.err = be.data;
     r.ms = cmt_now_ms() - t0;
+    /* Every run of the binary closes its event loop empty (src/runtime.c
+     * warns otherwise). */
+    if (strstr(r.err, "event loop closed busy") != NULL)
+        fail_msg("%s left its event loop busy:\n%s", argv[0], r.err);
     return r;
 }
 
@@ -373,7 +377,7 @@ int cmt_lua(const char *code)
     } else {
         rc = cm_runtime_run(rt, 0);
     }
-    cm_runtime_free(rt);
+    assert_int_equal(cm_runtime_free(rt), 0); /* the loop closed empty */
     return rc;
 }
 
