@@ -253,6 +253,35 @@ static void test_valid_files(void **state)
     free(bare.data);
 }
 
+/* A "<arch>.context_length" key whose <arch> is longer than any architecture
+ * the reader keeps (63 bytes) can never be the model's: it must not take one
+ * of the few candidate slots (nor be copied into one, which would overrun
+ * it), so the real key after eight such keys still counts. */
+static void test_overlong_context_keys_take_no_slot(void **state)
+{
+    (void)state;
+    char key[128];
+    memset(key, 'a', 70);
+    strcpy(key + 70, ".context_length");
+    gguf_writer w = {.version = 3};
+    gguf_put_header(&w, 0, 10);
+    for (int i = 0; i < 8; i++) {
+        key[0] = (char)('a' + i); /* eight different keys */
+        gguf_put_kv_u32(&w, key, 111);
+    }
+    gguf_put_kv_u32(&w, "llama.context_length", 4096);
+    gguf_put_kv_string(&w, "general.architecture", "llama");
+    char *path = save("long-keys.gguf", w.data, w.len);
+    cm_gguf_info_t info;
+    char err[512];
+    int rc = cm_gguf_read(path, &info, err, sizeof(err));
+    if (rc != 0) print_error("%s\n", err);
+    assert_int_equal(rc, 0);
+    assert_int_equal(info.context_length, 4096);
+    free(path);
+    free(w.data);
+}
+
 static void test_file_type_names(void **state)
 {
     (void)state;
@@ -527,6 +556,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid_files),
+        cmocka_unit_test(test_overlong_context_keys_take_no_slot),
         cmocka_unit_test(test_file_type_names),
         cmocka_unit_test(test_broken_files_are_named),
         cmocka_unit_test(test_fixture_samples),

@@ -244,6 +244,91 @@ static void start_timeout_fails_and_kills_the_group(void **state)
     assert_true(pid > 1);
     assert_true(cmt_wait_dead(pid, 3000));
     wait_state(in, "failed", 3000);
+    /* The supervisor gave up and ends; it leaves no process.pid behind. */
+    double t0 = cmt_now_ms();
+    while (supervisor_lock_held(in) && cmt_now_ms() - t0 < 5000)
+        usleep(5000);
+    assert_false(supervisor_lock_held(in));
+    char *pidfile = cmt_path(in->root, "process.pid");
+    assert_int_not_equal(access(pidfile, F_OK), 0);
+    free(pidfile);
+    inst_free(in);
+}
+
+/* Waits (bounded) until state.json says running with an app other than
+ * `old`; returns its pid, or -1 (with the state in the message). */
+static int wait_new_running(inst_t *in, int old, int timeout_ms)
+{
+    double t0 = cmt_now_ms();
+    while (cmt_now_ms() - t0 < timeout_ms) {
+        cJSON *st = read_state(in);
+        int pid = st ? state_int(st, "pid") : -1;
+        int running = st && strcmp(state_str(st, "state"), "running") == 0;
+        cJSON_Delete(st);
+        if (running && pid > 1 && pid != old) return pid;
+        usleep(10000);
+    }
+    cJSON *st = read_state(in);
+    print_error("state.json: %s, pid %d\n", st ? state_str(st, "state") : "(none)",
+                st ? state_int(st, "pid") : -1);
+    cJSON_Delete(st);
+    return -1;
+}
+
+/* reset_after: crashes further apart than reset_after are each restarted,
+ * even with max_restarts 1; two crashes closer than that are given up on. */
+static void crashes_far_apart_are_never_given_up_on(void **state)
+{
+    (void)state;
+    inst_t *in =
+        inst_new("instant", NULL,
+                 "\"restart\": {\"policy\": \"on-failure\", \"max_restarts\": 1,"
+                 " \"backoff_initial\": 0.05, \"backoff_max\": 0.05, \"reset_after\": 0.3}");
+    cmt_result_t r = cm_cmd(in, "start", NULL);
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+    int pid = wait_state(in, "running", 2000);
+    for (int crash = 1; crash <= 3; crash++) {
+        /* What is under test is elapsed time: a run longer than reset_after. */
+        usleep(450 * 1000);
+        assert_int_equal(kill(pid, SIGKILL), 0);
+        int next = wait_new_running(in, pid, 10000);
+        if (next < 0) fail_msg("crash %d after a stable run was not restarted", crash);
+        pid = next;
+    }
+    cJSON *st = read_state(in);
+    assert_int_equal(state_int(st, "restarts"), 1); /* each counted anew */
+    cJSON_Delete(st);
+    /* A crash right after that restart, well within reset_after, would be
+     * one restart more than max_restarts: the supervisor gives up. */
+    assert_int_equal(kill(pid, SIGKILL), 0);
+    wait_state(in, "failed", 10000);
+    st = read_state(in);
+    assert_int_equal(state_int(st, "restarts"), 1);
+    cJSON_Delete(st);
+    inst_free(in);
+}
+
+/* While a crashed app waits for its retry, process.pid names no app. */
+static void crashed_app_leaves_no_pid_file_while_the_retry_waits(void **state)
+{
+    (void)state;
+    inst_t *in = inst_new("instant", NULL,
+                          "\"restart\": {\"policy\": \"on-failure\", \"max_restarts\": 5,"
+                          " \"backoff_initial\": 30, \"backoff_max\": 30, \"reset_after\": 30}");
+    cmt_result_t r = cm_cmd(in, "start", NULL);
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+    int pid = wait_state(in, "running", 2000);
+    char *pidfile = cmt_path(in->root, "process.pid");
+    assert_int_equal(access(pidfile, F_OK), 0);
+    assert_int_equal(kill(pid, SIGKILL), 0);
+    wait_state(in, "failed", 5000);
+    assert_int_not_equal(access(pidfile, F_OK), 0);
+    r = cm_cmd(in, "stop", NULL);
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+    free(pidfile);
     inst_free(in);
 }
 
@@ -722,6 +807,8 @@ int main(void)
         cmocka_unit_test(start_timeout_fails_and_kills_the_group),
         cmocka_unit_test(sigterm_ignorer_is_killed_after_stop_timeout),
         cmocka_unit_test(grandchild_dies_with_the_app),
+        cmocka_unit_test(crashes_far_apart_are_never_given_up_on),
+        cmocka_unit_test(crashed_app_leaves_no_pid_file_while_the_retry_waits),
         cmocka_unit_test(busy_port_names_its_owner_and_leaves_it_alone),
         cmocka_unit_test(two_starts_at_once_give_one_app),
         cmocka_unit_test(supervisor_killed_app_keeps_serving_and_stop_works),
