@@ -755,7 +755,8 @@ static void logs_follow_ends_on_ctrl_c(void **state)
     const char *argv[] = {cmt_env("CM_BINARY"), "--root", in->root, "logs", NULL};
     pid_t pid = cmt_spawn(argv, quiet_env, out);
     assert_int_equal(cmt_wait_file(out, 5000), 0);
-    usleep(200000);
+    /* It follows once it watches the log (after reading where it ends). */
+    assert_int_equal(cmt_wait_fd_to(pid, "anon_inode:inotify", 5000), 0);
     r = cm_cmd(in, "stop", NULL); /* new lines arrive while following */
     assert_int_equal(r.code, 0);
     cmt_result_free(&r);

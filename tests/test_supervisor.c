@@ -180,6 +180,36 @@ static int read_int_file(const char *root, const char *rel)
     return v;
 }
 
+/* When the last backend check ran (run/backends.json), or -1. */
+static double last_check_at(const char *root)
+{
+    char *path = cmt_path(root, "run/backends.json");
+    char *text = cmt_read_file(path, NULL);
+    free(path);
+    cJSON *j = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    cJSON *at = cJSON_GetObjectItemCaseSensitive(j, "checked_at");
+    double v = cJSON_IsNumber(at) ? at->valuedouble : -1;
+    cJSON_Delete(j);
+    return v;
+}
+
+/* Waits (bounded) until the supervisor has checked the backends `n` more
+ * times; returns 0 then. */
+static int wait_more_checks(const char *root, int n, int timeout_ms)
+{
+    double t0 = cmt_now_ms(), seen = last_check_at(root);
+    while (n > 0 && cmt_now_ms() - t0 < timeout_ms) {
+        double at = last_check_at(root);
+        if (at != seen) {
+            seen = at;
+            n--;
+        }
+        usleep(10000);
+    }
+    return n > 0 ? -1 : 0;
+}
+
 static int state_pid(const char *root)
 {
     char *path = cmt_path(root, "run/state.json");
@@ -212,8 +242,8 @@ static void dead_ollama_falls_back_to_llamacpp_once(void **state)
     cmt_kill_group(w->ollama);
     w->ollama = 0;
     assert_int_equal(wait_backend(w->port, "llamacpp", 15000), 0);
-    /* Several more health intervals: no second switch, no flapping. */
-    usleep(1500 * 1000);
+    /* Several more health checks: no second switch, no flapping. */
+    assert_int_equal(wait_more_checks(w->root, 3, 15000), 0);
     /* The fixture app has no switch endpoint: it is restarted once with the
      * serving backend in run/app-config.json. */
     assert_int_equal(count_in_logs(w->root, "the app cannot switch live"), 1);
@@ -408,7 +438,8 @@ static void force_stop_kills_only_marked_processes(void **state)
     const char *marked_env[] = {marker, NULL};
     pid_t marked = cmt_spawn(sleep_argv, marked_env, NULL);
     pid_t foreign = cmt_spawn(sleep_argv, NULL, NULL);
-    usleep(50000);
+    assert_int_equal(cmt_wait_exec(marked, "/bin/sleep", 5000), 0);
+    assert_int_equal(cmt_wait_exec(foreign, "/bin/sleep", 5000), 0);
     r = cmt_cm(w->root, NULL, 30000, "force-stop", NULL);
     assert_int_equal(r.code, 0);
     cmt_result_free(&r);

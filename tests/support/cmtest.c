@@ -327,6 +327,42 @@ int cmt_wait_file(const char *path, int timeout_ms)
     return -1;
 }
 
+int cmt_wait_exec(pid_t pid, const char *path, int timeout_ms)
+{
+    char link[64], target[4096], want[4096];
+    snprintf(link, sizeof link, "/proc/%d/exe", (int)pid);
+    if (realpath(path, want) == NULL) snprintf(want, sizeof want, "%s", path); /* /bin -> usr/bin */
+    double t0 = cmt_now_ms();
+    while (cmt_now_ms() - t0 < timeout_ms) {
+        ssize_t n = readlink(link, target, sizeof target - 1);
+        if (n > 0) {
+            target[n] = '\0';
+            if (strcmp(target, want) == 0) return 0;
+        }
+        usleep(1000);
+    }
+    return -1;
+}
+
+int cmt_wait_fd_to(pid_t pid, const char *target, int timeout_ms)
+{
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%d/fd", (int)pid);
+    double t0 = cmt_now_ms();
+    while (cmt_now_ms() - t0 < timeout_ms) {
+        for (int fd = 0; fd < 256; fd++) {
+            char link[96], got[256];
+            snprintf(link, sizeof link, "%s/%d", dir, fd);
+            ssize_t n = readlink(link, got, sizeof got - 1);
+            if (n <= 0) continue;
+            got[n] = '\0';
+            if (strcmp(got, target) == 0) return 0;
+        }
+        usleep(2000);
+    }
+    return -1;
+}
+
 static int try_connect(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -347,16 +383,41 @@ int cmt_wait_port(int port, int timeout_ms)
     return -1;
 }
 
+/* The low end of the kernel's ephemeral port range (bind to port 0 and
+ * outgoing connections take ports from there up). */
+static int ephemeral_low(void)
+{
+    int low = 32768;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f != NULL) {
+        if (fscanf(f, "%d", &low) != 1) low = 32768;
+        fclose(f);
+    }
+    return low;
+}
+
 int cmt_free_port(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    socklen_t len = sizeof a;
-    getsockname(fd, (struct sockaddr *)&a, &len);
-    close(fd);
-    return ntohs(a.sin_port);
+    /* Below the ephemeral range: a port handed out here can never be the
+     * one a fixture's bind to port 0 or an outgoing connection gets later.
+     * Each call takes the next port from a start that differs per process,
+     * so a suite's own ports never repeat; bind proves the port free now. */
+    static int next = -1;
+    int high = ephemeral_low() - 1, low = high - 12000;
+    if (low < 1024) low = 1024;
+    if (next < 0) next = low + (int)(((unsigned)getpid() * 2654435761u) % (unsigned)(high - low));
+    for (int tries = 0; tries <= high - low; tries++) {
+        int port = next;
+        next = next >= high ? low : next + 1;
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        int ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+        if (fd >= 0) close(fd);
+        if (ok) return port;
+    }
+    fail_msg("no free loopback port below %d", high + 1);
+    return -1;
 }
 
 int cmt_lua(const char *code)

@@ -52,11 +52,21 @@ int cmt_wait_child(pid_t pid, int timeout_ms);
 /* Kills the group we started and reaps the leader (bounded). */
 void cmt_kill_group(pid_t pgid);
 
+/* Waits (bounded) until `pid` has exec'd `path` (its /proc/PID/exe): a
+ * forked child carries its new environment only from then on.  Returns 0
+ * on success. */
+int cmt_wait_exec(pid_t pid, const char *path, int timeout_ms);
+/* Waits (bounded) until `pid` holds a descriptor whose /proc link reads
+ * `target` ("anon_inode:inotify": it watches files).  Returns 0 on success. */
+int cmt_wait_fd_to(pid_t pid, const char *target, int timeout_ms);
+
 /* Waits until path exists and is non-empty (bounded); returns 0 on success. */
 int cmt_wait_file(const char *path, int timeout_ms);
 /* Waits until a TCP connect to 127.0.0.1:port succeeds (bounded). */
 int cmt_wait_port(int port, int timeout_ms);
-/* A port that was free a moment ago. */
+/* A port that was free a moment ago, below the ephemeral range (so no bind
+ * to port 0 or outgoing connection takes it meanwhile); never the same one
+ * twice in a process. */
 int cmt_free_port(void);
 
 /* A TCP socket bound to 127.0.0.1 on a kernel-chosen port (*port), listening
