@@ -180,18 +180,24 @@ static int read_int_file(const char *root, const char *rel)
     return v;
 }
 
-/* When the last backend check ran (run/backends.json), or -1. */
-static double last_check_at(const char *root)
+/* The number at `key` of the JSON file root/rel, or -1. */
+static double json_number_in(const char *root, const char *rel, const char *key)
 {
-    char *path = cmt_path(root, "run/backends.json");
+    char *path = cmt_path(root, rel);
     char *text = cmt_read_file(path, NULL);
     free(path);
     cJSON *j = text ? cJSON_Parse(text) : NULL;
     free(text);
-    cJSON *at = cJSON_GetObjectItemCaseSensitive(j, "checked_at");
-    double v = cJSON_IsNumber(at) ? at->valuedouble : -1;
+    cJSON *n = cJSON_GetObjectItemCaseSensitive(j, key);
+    double v = cJSON_IsNumber(n) ? n->valuedouble : -1;
     cJSON_Delete(j);
     return v;
+}
+
+/* When the last backend check ran (run/backends.json), or -1. */
+static double last_check_at(const char *root)
+{
+    return json_number_in(root, "run/backends.json", "checked_at");
 }
 
 /* Waits (bounded) until the supervisor has checked the backends `n` more
@@ -212,15 +218,7 @@ static int wait_more_checks(const char *root, int n, int timeout_ms)
 
 static int state_pid(const char *root)
 {
-    char *path = cmt_path(root, "run/state.json");
-    char *text = cmt_read_file(path, NULL);
-    free(path);
-    cJSON *j = text ? cJSON_Parse(text) : NULL;
-    free(text);
-    cJSON *pid = cJSON_GetObjectItemCaseSensitive(j, "pid");
-    int v = cJSON_IsNumber(pid) ? pid->valueint : -1;
-    cJSON_Delete(j);
-    return v;
+    return (int)json_number_in(root, "run/state.json", "pid");
 }
 
 /* Acceptance of the backends issue: with the supervisor running, stopping
