@@ -343,7 +343,7 @@ static void sigterm_ignorer_is_killed_after_stop_timeout(void **state)
     r = cm_cmd(in, "stop", NULL);
     assert_int_equal(r.code, 0);
     assert_true(r.ms >= 1000);
-    assert_true(r.ms < 5000);
+    assert_true(r.ms < 1000 + cmt_bound_ms(4000)); /* KILL at stop_timeout, not later */
     cmt_result_free(&r);
     assert_false(cmt_pid_alive(pid));
     inst_free(in);
@@ -640,7 +640,7 @@ static void stop_returns_promptly(void **state)
     cmt_result_free(&r);
     r = cm_cmd(in, "stop", NULL);
     assert_int_equal(r.code, 0);
-    assert_true(r.ms < 1000);
+    assert_true(r.ms < cmt_bound_ms(1000));
     cmt_result_free(&r);
     inst_free(in);
 }

@@ -118,7 +118,7 @@ static void test_connect_refused(void **state)
                      "assert(ok == nil)\n"
                      "assert(code == 'refused', tostring(code) .. ': ' .. tostring(msg))\n"
                      "assert(msg == 'connection refused', msg)\n"
-                     "assert(cm.time.now() - t0 < 1000)\n",
+                     "assert(cm.time.now() - t0 < 1000 * SLACK)\n",
                      port);
     close(fd);
     assert_int_equal(rc, 0);
@@ -140,7 +140,7 @@ static void test_connect_timeout(void **state)
                      "local ms = cm.time.now() - t0\n"
                      "assert(ok == nil)\n"
                      "assert(code == 'timeout', tostring(code) .. ': ' .. tostring(msg))\n"
-                     "assert(ms >= 250 and ms < 1000, ms)\n",
+                     "assert(ms >= 250 and ms < 300 + 700 * SLACK, ms)\n",
                      port);
     for (int i = 0; i < nfds; i++)
         close(fds[i]);
@@ -167,7 +167,7 @@ static void test_connect_concurrent(void **state)
                      "  assert(ok and r == nil and code == 'timeout', tostring(code))\n"
                      "end\n"
                      "local ms = cm.time.now() - t0\n"
-                     "assert(ms < 600, ms)\n",
+                     "assert(ms < 890, ms)\n", /* less than three in a row */
                      port);
     for (int i = 0; i < nfds; i++)
         close(fds[i]);

@@ -116,14 +116,14 @@ static void run_timeout_kills(void **state)
                  "local ms = cm.time.now() - t0\n"
                  "assert(r.timed_out == true, 'not timed out')\n"
                  "assert(r.signal == 9, r.signal)\n"
-                 "assert(ms >= 190 and ms < 1000, ms)\n"
+                 "assert(ms >= 190 and ms < 200 + 800 * SLACK, ms)\n"
                  /* The whole group goes: a grandchild holding the pipe too. */
                  "t0 = cm.time.now()\n"
                  "r = assert(cm.proc.run{argv={'sh', '-c', 'sleep 5; echo never'}, timeout=200})\n"
-                 "assert(r.timed_out and cm.time.now() - t0 < 1000)\n"
+                 "assert(r.timed_out and cm.time.now() - t0 < 1000 * SLACK)\n"
                  "assert(r.stdout == '')\n"),
         0);
-    assert_true(cmt_now_ms() - t0 < 3000);
+    assert_true(cmt_now_ms() - t0 < cmt_bound_ms(3000));
 }
 
 static void run_caps_big_output(void **state)
@@ -154,7 +154,7 @@ static void runs_overlap(void **state)
                               "local ok2, rb = b:join()\n"
                               "assert(ok1 and ok2 and ra.code == 0 and rb.code == 0)\n"
                               "local ms = cm.time.now() - t0\n"
-                              "assert(ms >= 290 and ms < 450, 'runs did not overlap: ' .. ms)\n"),
+                              "assert(ms >= 290 and ms < 590, 'runs did not overlap: ' .. ms)\n"),
                      0);
 }
 
@@ -290,7 +290,7 @@ static void spawn_detach_does_not_hold_the_loop(void **state)
                               "local f = assert(io.open('%s', 'w')) f:write(c.pid) f:close()\n",
                               pidfile),
                      0);
-    assert_true(cmt_now_ms() - t0 < 2000);
+    assert_true(cmt_now_ms() - t0 < cmt_bound_ms(2000));
     char *text = cmt_read_file(pidfile, NULL);
     assert_non_null(text);
     pid_t pid = (pid_t)atoi(text);
@@ -558,7 +558,7 @@ static void wait_exit_on_a_non_child(void **state)
                               "local t0 = cm.time.now()\n"
                               "assert(cm.proc.wait_exit(gpid, 3000) == true)\n"
                               "local ms = cm.time.now() - t0\n"
-                              "assert(ms > 50 and ms < 1500, ms)\n"
+                              "assert(ms > 50 and ms < 1500 * SLACK, ms)\n"
                               "assert(not cm.proc.alive(gpid))\n"
                               /* Already gone: at once. */
                               "t0 = cm.time.now()\n"
@@ -587,13 +587,13 @@ static void waits_fall_back_without_pidfd(void **state)
         "local t0 = cm.time.now()\n"
         "assert(cm.proc.wait_exit(c.pid, 100) == false)\n"
         "assert(cm.proc.wait_group(c.pid, 100) == false)\n"
-        "assert(cm.time.now() - t0 < 1000)\n"
+        "assert(cm.time.now() - t0 < 1000 * SLACK)\n"
         "cm.time.timer(100, 0, function() cm.proc.kill_group(c.pid, 'KILL') end)\n"
         "t0 = cm.time.now()\n"
         "assert(cm.proc.wait_group(c.pid, 3000) == true)\n"
         "assert(cm.proc.wait_exit(c.pid, 3000) == true)\n"
         "local ms = cm.time.now() - t0\n"
-        "assert(ms >= 90 and ms < 1500, ms)\n");
+        "assert(ms >= 90 and ms < 1500 * SLACK, ms)\n");
     cm__proc_pidfd_disabled = 0;
     assert_int_equal(rc, 0);
 }
@@ -629,7 +629,7 @@ static void abandoned_waits_are_freed(void **state)
                  "end\n",
                  pidfile, (int)sleeper, (int)sleeper, pidfile),
         0);
-    assert_true(cmt_now_ms() - t0 < 3000);
+    assert_true(cmt_now_ms() - t0 < cmt_bound_ms(3000));
     char *text = cmt_read_file(pidfile, NULL);
     assert_non_null(text);
     pid_t runpid = (pid_t)atoi(text);

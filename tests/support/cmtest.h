@@ -85,6 +85,17 @@ int cmt_blackhole_port(int *fds, int *nfds);
  * message and traceback are printed. */
 int cmt_lua(const char *code);
 
+/* Upper bounds on wall-clock time scale with how busy the machine is: the
+ * floor is what running /bin/true costs now (median of five, measured once
+ * per process), the slack that floor over what it costs on an idle machine
+ * (CMT_FLOOR_NOMINAL_MS), at least 1.  cmt_bound_ms(n) is n times the
+ * slack; Lua chunks run by cmt_lua see it as the global SLACK.  Lower
+ * bounds, and bounds that prove two waits overlapped (less than their sum),
+ * are not scaled.  Timing targets belong in bench/. */
+#define CMT_FLOOR_NOMINAL_MS 1.0
+double cmt_slack(void);
+double cmt_bound_ms(double nominal_ms);
+
 /* Milliseconds on the monotonic clock. */
 double cmt_now_ms(void);
 
