@@ -375,6 +375,34 @@ static void grandchild_dies_with_the_app(void **state)
     free(gc_file);
 }
 
+/* A crash (the leader killed) takes the rest of its group at once, not
+ * after a grace period: leftovers would keep the port and the resources. */
+static void crashed_app_leftovers_die_at_once(void **state)
+{
+    (void)state;
+    char *dir = cmt_tempdir();
+    char *gc_file = cmt_path(dir, "grandchild.pid");
+    char env[1024];
+    snprintf(env, sizeof env, "\"FAKE_APP_GRANDCHILD_PIDFILE\": \"%s\"", gc_file);
+    inst_t *in = inst_new("grandchild", env, "\"stop_timeout\": 30");
+    cmt_result_t r = cm_cmd(in, "start", NULL);
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+    int pid = wait_state(in, "running", 2000);
+    assert_int_equal(cmt_wait_file(gc_file, 2000), 0);
+    char *text = cmt_read_file(gc_file, NULL);
+    int gc = atoi(text);
+    free(text);
+    assert_true(cmt_pid_alive(gc));
+    assert_int_equal(kill(pid, SIGKILL), 0);
+    /* Well within stop_timeout (30 s), which a stop would grant. */
+    assert_true(cmt_wait_dead(gc, (int)cmt_bound_ms(3000)));
+    inst_free(in);
+    cmt_rmtree(dir);
+    free(dir);
+    free(gc_file);
+}
+
 static void busy_port_names_its_owner_and_leaves_it_alone(void **state)
 {
     (void)state;
@@ -808,6 +836,7 @@ int main(void)
         cmocka_unit_test(start_timeout_fails_and_kills_the_group),
         cmocka_unit_test(sigterm_ignorer_is_killed_after_stop_timeout),
         cmocka_unit_test(grandchild_dies_with_the_app),
+        cmocka_unit_test(crashed_app_leftovers_die_at_once),
         cmocka_unit_test(crashes_far_apart_are_never_given_up_on),
         cmocka_unit_test(crashed_app_leaves_no_pid_file_while_the_retry_waits),
         cmocka_unit_test(busy_port_names_its_owner_and_leaves_it_alone),
