@@ -183,6 +183,8 @@ return {
         { "cm", "start", code = 0, says = "started successfully" },
         { "signal_app", "STOP" },
         { "cm", "stop", code = 0, says = stop_msg },
+        -- TERM and CONT end it: no need to wait for stop_timeout's KILL
+        { "log_count", "killing process group", n = 0 },
       },
       expect = { state = "stopped", status = 3 } },
 
@@ -570,6 +572,18 @@ return {
       expect = { state = "stopped", status = 3 },
       -- stop has created an empty logs/ by then
        },
+
+    -- A live supervisor, but run/supervisor.pid names another process:
+    -- stop must not signal it (the marker proves whose it is).
+    { name = "pid_reuse_supervisor_pid_file_while_running",
+      steps = {
+        { "sentinel", "victim" },
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "write_supervisor_pid", of = "victim" },
+        { "cm", "stop", code = 0, says = stop_msg },
+        { "wait_supervisor_gone" },
+      },
+      expect = { state = "stopped", status = 3 } },
 
     { name = "pid_reuse_supervisor_pid_file",
       steps = {
