@@ -9,6 +9,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "cminst.h"
 #include "cmtest.h"
 
 #include <cjson/cJSON.h>
@@ -771,6 +772,32 @@ static void stale_and_foreign_pid_files(void **state)
     inst_free(in);
 }
 
+/* process.pid naming a zombie (exited, not yet reaped by its parent) with
+ * its real start time: it is not running, and nothing waits on it. */
+static void zombie_in_pid_file_is_not_running(void **state)
+{
+    (void)state;
+    inst_t *in = inst_new("instant", NULL, NULL);
+    pid_t zombie = fork();
+    assert_true(zombie >= 0);
+    if (zombie == 0) _exit(0);
+    double t0 = cmt_now_ms();
+    while (cmi_proc_state(zombie) != 'Z' && cmt_now_ms() - t0 < 5000)
+        usleep(1000);
+    assert_int_equal(cmi_proc_state(zombie), 'Z');
+    char *pidfile = cmt_path(in->root, "process.pid");
+    char text[128];
+    snprintf(text, sizeof text, "%d\n# start_time=%llu\n", (int)zombie, cmi_start_time(zombie));
+    cmt_write_file(pidfile, text);
+    cmt_result_t r = cm_cmd(in, "status", NULL);
+    assert_int_equal(r.code, 1); /* dead, but the pid file exists */
+    assert_null(strstr(r.out, "is running"));
+    cmt_result_free(&r);
+    assert_int_equal(cmt_wait_child(zombie, 5000), 0); /* reaped: exit 0 */
+    free(pidfile);
+    inst_free(in);
+}
+
 /* logs follows until Ctrl+C, which ends it with exit 0. */
 static void logs_follow_ends_on_ctrl_c(void **state)
 {
@@ -851,6 +878,7 @@ int main(void)
         cmocka_unit_test(status_json_and_logs),
         cmocka_unit_test(bad_ports_are_usage_errors),
         cmocka_unit_test(stale_and_foreign_pid_files),
+        cmocka_unit_test(zombie_in_pid_file_is_not_running),
         cmocka_unit_test(logs_follow_ends_on_ctrl_c),
         cmocka_unit_test(run_in_the_foreground),
     };
