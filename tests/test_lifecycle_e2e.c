@@ -659,7 +659,8 @@ static void status_names_a_leftover_from_before_the_supervisor(void **state)
 }
 
 /* Stop is event-driven: with an app that exits at once on SIGTERM it is
- * over in well under a second (the benchmark measures the real gap). */
+ * over long before stop_timeout (5 s here), which a stop that did not see
+ * the exit would wait for; bench/ measures the real gap. */
 static void stop_returns_promptly(void **state)
 {
     (void)state;
@@ -669,7 +670,7 @@ static void stop_returns_promptly(void **state)
     cmt_result_free(&r);
     r = cm_cmd(in, "stop", NULL);
     assert_int_equal(r.code, 0);
-    assert_true(r.ms < cmt_bound_ms(1000));
+    assert_true(r.ms < 5000);
     cmt_result_free(&r);
     inst_free(in);
 }
@@ -798,6 +799,33 @@ static void zombie_in_pid_file_is_not_running(void **state)
     inst_free(in);
 }
 
+/* process.pid naming one of this root's own (marked) processes, but with
+ * another start time: the PID was reused, it is not the app. */
+static void reused_pid_of_a_marked_process_is_not_the_app(void **state)
+{
+    (void)state;
+    inst_t *in = inst_new("instant", NULL, NULL);
+    char id[17], marker[64];
+    cmi_instance_id(in->root, id);
+    snprintf(marker, sizeof marker, "CHAT_MANAGER_INSTANCE=%s", id);
+    const char *sleep_argv[] = {"/bin/sleep", "60", NULL};
+    const char *marked_env[] = {marker, NULL};
+    pid_t marked = cmt_spawn(sleep_argv, marked_env, NULL);
+    assert_int_equal(cmt_wait_exec(marked, "/bin/sleep", 5000), 0);
+    assert_true(cmi_has_marker(marked, id));
+    char *pidfile = cmt_path(in->root, "process.pid");
+    char text[128];
+    snprintf(text, sizeof text, "%d\n# start_time=%llu\n", (int)marked, cmi_start_time(marked) + 1);
+    cmt_write_file(pidfile, text);
+    cmt_result_t r = cm_cmd(in, "status", NULL);
+    assert_int_equal(r.code, 1); /* dead, but the pid file exists */
+    assert_null(strstr(r.out, "is running"));
+    cmt_result_free(&r);
+    cmt_kill_group(marked);
+    free(pidfile);
+    inst_free(in);
+}
+
 /* logs follows until Ctrl+C, which ends it with exit 0. */
 static void logs_follow_ends_on_ctrl_c(void **state)
 {
@@ -879,6 +907,7 @@ int main(void)
         cmocka_unit_test(bad_ports_are_usage_errors),
         cmocka_unit_test(stale_and_foreign_pid_files),
         cmocka_unit_test(zombie_in_pid_file_is_not_running),
+        cmocka_unit_test(reused_pid_of_a_marked_process_is_not_the_app),
         cmocka_unit_test(logs_follow_ends_on_ctrl_c),
         cmocka_unit_test(run_in_the_foreground),
     };

@@ -327,6 +327,18 @@ int cmt_wait_file(const char *path, int timeout_ms)
     return -1;
 }
 
+/* Can /proc/PID/environ be read, with something in it? */
+static int environ_ready(pid_t pid)
+{
+    char path[64], buf[64];
+    snprintf(path, sizeof path, "/proc/%d/environ", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof buf);
+    close(fd);
+    return n > 0;
+}
+
 int cmt_wait_exec(pid_t pid, const char *path, int timeout_ms)
 {
     char link[64], target[4096], want[4096];
@@ -337,7 +349,9 @@ int cmt_wait_exec(pid_t pid, const char *path, int timeout_ms)
         ssize_t n = readlink(link, target, sizeof target - 1);
         if (n > 0) {
             target[n] = '\0';
-            if (strcmp(target, want) == 0) return 0;
+            /* exe changes early in execve, the environment is in place only
+             * once the new image is set up: wait for both. */
+            if (strcmp(target, want) == 0 && environ_ready(pid)) return 0;
         }
         usleep(1000);
     }
@@ -421,11 +435,10 @@ int cmt_free_port(void)
 }
 
 /* What running a trivial program costs here now (fork, exec /bin/true,
- * wait): the median of five, measured once per process. */
+ * wait): the median of five, measured at each call, since the load of a
+ * shared machine changes from one moment to the next. */
 static double floor_ms(void)
 {
-    static double measured = -1;
-    if (measured >= 0) return measured;
     double t[5];
     for (int i = 0; i < 5; i++) {
         double t0 = cmt_now_ms();
@@ -443,8 +456,7 @@ static double floor_ms(void)
             t[j] = t[j - 1];
             t[j - 1] = x;
         }
-    measured = t[2];
-    return measured;
+    return t[2];
 }
 
 double cmt_slack(void)

@@ -52,9 +52,9 @@ int cmt_wait_child(pid_t pid, int timeout_ms);
 /* Kills the group we started and reaps the leader (bounded). */
 void cmt_kill_group(pid_t pgid);
 
-/* Waits (bounded) until `pid` has exec'd `path` (its /proc/PID/exe): a
- * forked child carries its new environment only from then on.  Returns 0
- * on success. */
+/* Waits (bounded) until `pid` has exec'd `path` (its /proc/PID/exe) and its
+ * new environment can be read (/proc/PID/environ): a forked child carries
+ * the environment it was given only from then on.  Returns 0 on success. */
 int cmt_wait_exec(pid_t pid, const char *path, int timeout_ms);
 /* Waits (bounded) until `pid` holds a descriptor whose /proc link reads
  * `target` ("anon_inode:inotify": it watches files).  Returns 0 on success. */
@@ -86,12 +86,11 @@ int cmt_blackhole_port(int *fds, int *nfds);
 int cmt_lua(const char *code);
 
 /* Upper bounds on wall-clock time scale with how busy the machine is: the
- * floor is what running /bin/true costs now (median of five, measured once
- * per process), the slack that floor over what it costs on an idle machine
- * (CMT_FLOOR_NOMINAL_MS), at least 1.  cmt_bound_ms(n) is n times the
- * slack; Lua chunks run by cmt_lua see it as the global SLACK.  Lower
- * bounds, and bounds that prove two waits overlapped (less than their sum),
- * are not scaled.  Timing targets belong in bench/. */
+ * floor is what running /bin/true costs now (median of five, measured at
+ * each call, right after what it bounds), the slack that floor over what it costs on an idle
+ * machine (CMT_FLOOR_NOMINAL_MS), at least 1.  cmt_bound_ms(n) is n times the slack; Lua chunks run
+ * by cmt_lua see it as the global SLACK.  Lower bounds, and bounds that prove two waits overlapped
+ * (less than their sum), are not scaled.  Timing targets belong in bench/. */
 #define CMT_FLOOR_NOMINAL_MS 1.0
 double cmt_slack(void);
 double cmt_bound_ms(double nominal_ms);
