@@ -323,6 +323,10 @@ static void crashed_app_leaves_no_pid_file_while_the_retry_waits(void **state)
     int pid = wait_state(in, "running", 2000);
     char *pidfile = cmt_path(in->root, "process.pid");
     assert_int_equal(access(pidfile, F_OK), 0);
+    /* The first crash restarts at once; the second, in a row, waits. */
+    assert_int_equal(kill(pid, SIGKILL), 0);
+    pid = wait_new_running(in, pid, 10000);
+    assert_true(pid > 1);
     assert_int_equal(kill(pid, SIGKILL), 0);
     wait_state(in, "failed", 5000);
     assert_int_not_equal(access(pidfile, F_OK), 0);
