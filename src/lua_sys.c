@@ -352,8 +352,14 @@ static int l_on_hangup(lua_State *L)
     struct stat st;
     if (fstat(fd, &st) != 0) return cm_fail(L, "EBADF", "fd %d: %s", fd, strerror(errno));
     if (!S_ISFIFO(st.st_mode)) return cm_fail(L, "ENOTPIPE", "fd %d is not a pipe", fd);
+    /* uv_poll_init makes the fd non-blocking; the pipe is our stdout, which
+     * stdio writes expect to block when the reader is slow (and which other
+     * writers of the pipeline share), so its flags are put back: epoll works
+     * on a blocking fd as well. */
+    int flags = fcntl(fd, F_GETFL);
     signal_obj_t *s = new_signal_obj(L, 2);
     int rc = uv_poll_init(cm_loop(L), &s->handle.poll, fd);
+    if (flags != -1) fcntl(fd, F_SETFL, flags);
     if (rc != 0) {
         /* No handle to close: drop the record by hand. */
         *s->box = NULL;

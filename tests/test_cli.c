@@ -454,6 +454,38 @@ static void logs_in_a_pipe_exits_at_once(void **state)
     free(root);
 }
 
+/* A reader slower than the log: `logs -f` blocks on the full pipe and loses
+ * nothing of what the log gains (a non-blocking stdout would fail with
+ * EAGAIN and end the follow early). */
+static void logs_to_a_slow_reader_loses_nothing(void **state)
+{
+    (void)state;
+    char *root = cmt_tempdir();
+    put(root, "logs", "chat-o-llama_20250103_100000.log", "first line\n");
+    size_t size = 2u << 20;
+    char *text = malloc(size + 1);
+    assert_non_null(text);
+    for (size_t i = 0; i < size; i += 64)
+        snprintf(text + i, 65, "%063zu\n", i / 64);
+    put(root, ".", "big.txt", text);
+    free(text);
+    /* The follower announces itself on stderr; the 2 MiB are appended once
+     * it has (a bounded wait on that line), and read 1 MiB of them slowly. */
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && { chat-manager --root . logs -n 1 -f 2>hdr & i=0;"
+             " until grep -q Showing hdr || [ $i -ge 1000 ]; do sleep 0.01; i=$((i+1)); done;"
+             " cat big.txt >> logs/chat-o-llama_20250103_100000.log; wait; }"
+             " | { sleep 0.3; head -c 1048576; } | wc -c",
+             root);
+    cmt_result_t r = sh(cmd, 20000);
+    assert_int_equal(r.code, 0);
+    assert_int_equal(atol(r.out), 1048576);
+    cmt_result_free(&r);
+    cmt_rmtree(root);
+    free(root);
+}
+
 static void logs_list_older_and_since(void **state)
 {
     (void)state;
@@ -750,6 +782,7 @@ int main(void)
         cmocka_unit_test(man_page),
         cmocka_unit_test(debian_package),
         cmocka_unit_test(logs_in_a_pipe_exits_at_once),
+        cmocka_unit_test(logs_to_a_slow_reader_loses_nothing),
         cmocka_unit_test(logs_list_older_and_since),
         cmocka_unit_test_teardown(json_outcomes_and_resource_use, stop_root),
         cmocka_unit_test_teardown(json_stdout_is_only_json, stop_root),
