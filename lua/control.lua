@@ -56,20 +56,22 @@ end
 
 -- The supervisor's PID when it is alive and provably ours.  When
 -- run/supervisor.pid could not be written (a full disk) while run/lock is
--- held, it is the marked process that runs `_supervise` or `run` and whose
--- parent is not marked (the app and the helpers are its children).
+-- held, it is the marked process whose parent is not marked (the app and
+-- the helpers are its children) and whose command line is exactly the one a
+-- supervisor is started with: this executable, --root, then `_supervise` or
+-- `run` (an app's own `npm run x` or `uv run ...` is not it).
 function M.supervisor_pid(inst)
     if not inst:supervisor_alive() then return nil end
     local pid = read_supervisor_pid(inst)
     if pid and cm.proc.has_marker(pid, instance_mod.MARKER, inst.id) then return pid end
+    local exe = cm.sys.exe()
     local marked, by_pid = inst:marked_processes(), {}
     for _, p in ipairs(marked) do by_pid[p.pid] = p end
     for _, p in ipairs(marked) do
         local cmd = p.cmdline or {}
-        if not by_pid[p.ppid] then
-            for i = 2, #cmd do
-                if cmd[i] == "_supervise" or cmd[i] == "run" then return p.pid end
-            end
+        if not by_pid[p.ppid] and cmd[1] == exe and cmd[2] == "--root" and
+            (cmd[4] == "_supervise" or cmd[4] == "run") then
+            return p.pid
         end
     end
     return nil
@@ -569,7 +571,8 @@ end
 -- process carrying this instance's marker; name, but never touch, the
 -- others found on the common ports.
 function M.force_stop(ctx)
-    local settings = settings_mod.load(ctx.root)
+    -- A broken config must not hide the old script's app: the defaults.
+    local settings = settings_mod.load(ctx.root) or settings_mod.defaults_only(ctx.root)
     local inst = instance_mod.new(ctx.root)
     local killed = 0
     local sup = M.supervisor_pid(inst)

@@ -165,6 +165,34 @@ static void old_app_is_restarted_supervised_or_force_stopped(void **state)
     legacy_free(l);
 }
 
+/* force-stop with a broken config.json still finds the old script's app
+ * (proven by the default command, `python3 app.py` in the root) and kills
+ * it, instead of forgetting it and removing its pid file. */
+static void old_app_force_stopped_with_a_broken_config(void **state)
+{
+    (void)state;
+    legacy_t *l = legacy_new();
+    char *script = cmt_path(l->root, "app.py");
+    cmt_write_file(script,
+                   "import os, socket, time\n"
+                   "s = socket.socket()\n"
+                   "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                   "s.bind(('127.0.0.1', int(os.environ['PORT'])))\n"
+                   "s.listen(8)\n"
+                   "time.sleep(3600)\n");
+    free(script);
+    legacy_start(l, l->root, "python3 app.py", NULL);
+    char *config = cmt_path(l->root, "config.json");
+    cmt_write_file(config, "{ \"server\": ");
+    free(config);
+    cmt_result_t r = cm(l, "force-stop", NULL);
+    assert_int_equal(r.code, 0);
+    cmt_result_free(&r);
+    assert_true(cmi_wait_dead(l->pid, 2000));
+    assert_true(cmi_wait_dead(l->app, 2000));
+    legacy_free(l);
+}
+
 /* A live PID that is not provably the app is never signalled, never
  * reported as "not running", and its pid file is kept: another working
  * directory, or the root's directory with another command line. */
@@ -254,6 +282,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(old_app_is_shown_and_stopped),
         cmocka_unit_test(old_app_is_restarted_supervised_or_force_stopped),
+        cmocka_unit_test(old_app_force_stopped_with_a_broken_config),
         cmocka_unit_test(unproven_processes_are_left_alone),
         cmocka_unit_test(real_app_started_by_the_old_script),
     };
