@@ -1,5 +1,5 @@
 -- How the app is launched: its command, working directory and environment
--- (DESIGN §8), and the config it is given.
+-- (docs/design.md §8), and the config it is given.
 --
 -- Chat-O-Llama reads its port from `server.port` and its backend from
 -- `backend.active` in the file named by CONFIG_FILE; it ignores PORT.  When a

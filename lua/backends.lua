@@ -1,4 +1,4 @@
--- The backend registry and the concurrent health checker (DESIGN §6).
+-- The backend registry and the concurrent health checker (docs/design.md §6).
 --
 -- A backend is a module { name, summary, check(settings) -> result }.  The
 -- registry is every embedded module under backends. plus every .lua file in
@@ -503,7 +503,7 @@ end
 
 -- The health-check timeouts in ms: manager.health_connect_timeout and
 -- manager.health_timeout, or the backend's own config keys when smaller
--- (DESIGN §8).  The connect timeout never exceeds the total.
+-- (docs/design.md §8).  The connect timeout never exceeds the total.
 function M.timeouts(settings, own_connect_key, own_total_key)
     local connect = settings:get("manager.health_connect_timeout")
     local total = settings:get("manager.health_timeout")

@@ -1,4 +1,4 @@
--- The supervisor's periodic backend check (DESIGN §5 and §7): check every
+-- The supervisor's periodic backend check (docs/design.md §5 and §7): check every
 -- backend at once and learn which one the app serves with, count the
 -- serving one's consecutive failures and the configured one's healthy
 -- checks, and let the fallback policy decide.  A switch is runtime state:

@@ -1,6 +1,6 @@
 -- One instance directory ("root") and what lives in it: the pid file, the
 -- supervisor's run/ directory (lock, pid, state.json) and the session logs.
--- Also the identity rules of DESIGN §9: a process is ours only when it is
+-- Also the identity rules of docs/design.md §9: a process is ours only when it is
 -- provably this instance's (its start time matches what we recorded, or it
 -- carries the instance marker in its environment).
 

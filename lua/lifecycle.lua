@@ -1,5 +1,5 @@
 --[[
-The lifecycle of the supervised app, as data (DESIGN.md §4).  src/machine.c
+The lifecycle of the supervised app, as data (docs/design.md §4).  src/machine.c
 loads this table (cm.machine.new), checks it, and fires the events that come
 from libuv: the child's exit, the start and stop timers, the readiness probe,
 the retry timer, and the user's start/stop/restart (commands, signals).

@@ -8,7 +8,7 @@ M.__index = M
 
 M.DEFAULT_PORT = 3113
 
--- DESIGN §8: every manager key is optional; these are the defaults.
+-- docs/design.md §8: every manager key is optional; these are the defaults.
 M.defaults = {
     backend = { active = "ollama", auto_fallback = true, health_check_interval = 30 },
     ollama = { base_url = "http://localhost:11434", verify_ssl = true },

@@ -1,4 +1,4 @@
--- The bad-input matrix (issue 5, item 2): every way a user, a config file, a
+-- The bad-input matrix: every way a user, a config file, a
 -- model file, a backend server or a user's Lua can be wrong, and what the
 -- real binary must do about it.  tests/test_bad_input.c turns every row into
 -- one cmocka test (a `truncate` row into one test per prefix length) and

@@ -1,5 +1,5 @@
 --[[
-The fault matrix (issue 5, DESIGN §5 and §9): one row per failure mode, each
+The fault matrix (docs/design.md §5 and §9): one row per failure mode, each
 run by tests/test_faults.c as its own cmocka test named after the row, with
 the real binary, the fixture app (fixtures/README.md) and real processes in a
 fresh temporary root.  This file is data; the runner is the only code.

@@ -57,10 +57,12 @@ static int l_read_from(lua_State *L)
     lua_Integer offset = luaL_checkinteger(L, 2);
     lua_Integer max = luaL_optinteger(L, 3, 1024 * 1024);
     luaL_argcheck(L, offset >= 0 && max >= 0, 2, "offset and max_bytes must not be negative");
-    int fd = cm_open_regular(path, NULL);
-    if (fd < 0) return fail_read(L, path, errno, max);
+    /* The buffer first: it may raise (out of memory), which must not leak
+     * an open fd. */
     luaL_Buffer b;
     char *p = luaL_buffinitsize(L, &b, (size_t)max);
+    int fd = cm_open_regular(path, NULL);
+    if (fd < 0) return fail_read(L, path, errno, max);
     ssize_t n = pread(fd, p, (size_t)max, (off_t)offset);
     int err = errno;
     close(fd);

@@ -333,6 +333,9 @@ static void run_exit_cb(uv_process_t *p, int64_t status, int term_signal)
 {
     run_job_t *r = p->data;
     r->exited = 1;
+    /* Reaped with its group already empty: the id is free for the system to
+     * give to another group, which a later timeout must not signal. */
+    if (kill(-r->proc.pid, 0) != 0) r->spawned = 0;
     r->exit_status = status;
     r->term_signal = term_signal;
     job_close(p);

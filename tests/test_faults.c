@@ -311,7 +311,7 @@ static void note(row_ctx_t *c, const char *fmt, ...)
     c->findings[c->flen] = '\0';
 }
 
-/* A finding about safety (DESIGN §9): never excused by expect_fail. */
+/* A finding about safety (docs/design.md §9): never excused by expect_fail. */
 #define unsafe(c, ...) ((c)->unsafe = 1, note((c), "UNSAFE: " __VA_ARGS__))
 
 static char *scratch_file(row_ctx_t *c, const char *fmt, ...)

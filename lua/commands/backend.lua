@@ -101,7 +101,7 @@ local function tell_supervisor(s, name)
     if pid then cm.proc.kill(pid, "USR1") end
 end
 
--- Switches the running app live (DESIGN §6).  Returns the exit code.
+-- Switches the running app live (docs/design.md §6).  Returns the exit code.
 local function switch_running(ctx, s, app, name, r, opts)
     if r.healthy ~= true and not opts.force then
         ui.result("live", "not_healthy")

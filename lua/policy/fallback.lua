@@ -1,4 +1,4 @@
--- The fallback policy (DESIGN §7): given the health of every backend, keep
+-- The fallback policy (docs/design.md §7): given the health of every backend, keep
 -- the backend the app serves with, switch to another (a fallback), or go
 -- back to the configured one (a failback).  A switch is runtime state: the
 -- caller switches the running app and records it in run/state.json; the
