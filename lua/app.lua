@@ -91,4 +91,11 @@ function M.launch(settings, inst, port, config_file)
              venv = venv_dir }
 end
 
+-- Is `name` runnable with this PATH?  The lookup the spawn itself does
+-- (cm.proc.which); no PATH finds only a name with a '/'.
+function M.find_program(name, path, cwd)
+    if not name:find("/") and (path == nil or path == "") then return nil end
+    return (cm.proc.which(name, path, cwd))
+end
+
 return M

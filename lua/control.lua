@@ -77,13 +77,6 @@ function M.supervisor_pid(inst)
     return nil
 end
 
--- Is `name` runnable with this PATH?  The lookup the spawn itself does
--- (cm.proc.which); no PATH finds only a name with a '/'.
-function M.find_program(name, path, cwd)
-    if not name:find("/") and (path == nil or path == "") then return nil end
-    return (cm.proc.which(name, path, cwd))
-end
-
 -- Pre-flight checks of `start`: the app's program, its script and the venv.
 local function check_app(launch)
     local cwd_st = cm.fs.stat(launch.cwd)
@@ -92,7 +85,7 @@ local function check_app(launch)
     end
     local prog = launch.argv[1]
     local resolved = prog:find("/") and (prog:sub(1, 1) == "/" and prog or launch.cwd .. "/" .. prog)
-    if not M.find_program(resolved or prog, launch.env.PATH, launch.cwd) then
+    if not require("app").find_program(resolved or prog, launch.env.PATH, launch.cwd) then
         return nil, ("%s not found%s"):format(prog,
             launch.venv and (" (also looked in %s/bin)"):format(launch.venv) or " in PATH")
     end

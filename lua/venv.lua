@@ -103,7 +103,7 @@ function M.prepare(settings, inst)
     local app_dir, project = wanted(settings, inst)
     if not app_dir then return true end
 
-    local find_program = require("control").find_program
+    local find_program = require("app").find_program
     local path = cm.sys.getenv("PATH") or "/usr/bin:/bin"
     local uv = find_program("uv", path)
     local python = not uv and find_program("python3", path)
