@@ -141,6 +141,7 @@ static void old_app_is_restarted_supervised_or_force_stopped(void **state)
     char *app = fake_app_command();
     legacy_start(l, l->root, app, NULL);
     cmt_result_t r = cm(l, "restart", NULL);
+    if (r.code != 0) print_error("restart: %s\n%s\n", r.out, r.err);
     assert_int_equal(r.code, 0);
     assert_non_null(strstr(r.out, "started successfully"));
     cmt_result_free(&r);
