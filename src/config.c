@@ -102,6 +102,7 @@ static cm_config_t *config_from_buffer(const char *s, size_t n, const char *name
     cfg->path = path;
     cfg->has_bom = bom;
     cfg->nul_marks = nul_marks;
+    cfg->no_final_newline = n > 0 && s[n - 1] != '\n';
     return cfg;
 }
 
@@ -309,7 +310,13 @@ int cm_config_unset(cm_config_t *cfg, const char *key)
 
 char *cm_config_text(const cm_config_t *cfg, size_t *len)
 {
-    return cm_json_print_doc(cfg->root, cfg->nul_marks, cfg->has_bom ? UTF8_BOM : "", len);
+    size_t n = 0;
+    char *text = cm_json_print_doc(cfg->root, cfg->nul_marks, cfg->has_bom ? UTF8_BOM : "", &n);
+    /* Chat-O-Llama's own config.json has no final newline: a write keeps
+     * the file's ending as it found it. */
+    if (text != NULL && cfg->no_final_newline && n > 0 && text[n - 1] == '\n') text[--n] = '\0';
+    if (len != NULL) *len = n;
+    return text;
 }
 
 /* dirname and basename of path, into malloc'd strings. */

@@ -32,6 +32,7 @@ typedef struct cm_config {
     char *path;    /* the file it was loaded from */
     int has_bom;   /* the file started with a UTF-8 BOM; saves write it back */
     int nul_marks; /* its strings spell NUL as "\u0000": held as U+10FFFF */
+    int no_final_newline; /* the file did not end with a newline; saves keep it so */
 } cm_config_t;
 
 /* Reads and parses the file at `path` (at most CM_CONFIG_MAX_BYTES; a leading

@@ -523,6 +523,23 @@ static void test_bom_is_kept(void **state)
     assert_load_fails(f->path, "syntax", ":2:3: invalid JSON: expected a key");
 }
 
+/* A file without a final newline (Chat-O-Llama's own config.json) is saved
+ * without one: only the value set changes. */
+static void test_missing_final_newline_is_kept(void **state)
+{
+    fixture_t *f = *state;
+    size_t n = strlen(STYLED);
+    assert_true(n > 1 && STYLED[n - 1] == '\n');
+    char *text = strndup(STYLED, n - 1);
+    cmt_write_file(f->path, text);
+    cm_config_t *cfg = load_ok(f->path);
+    cm_config_error_t err = {0};
+    assert_int_equal(cm_config_save(cfg, NULL, NULL, &err), 0);
+    assert_file_is(f->path, text, n - 1);
+    cm_config_free(cfg);
+    free(text);
+}
+
 static void assert_prints(cJSON *node, const char *expected)
 {
     char *s = cm_json_print(node, 0, NULL);
@@ -739,6 +756,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_deep_nesting_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_too_large_file_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bom_is_kept, setup, teardown),
+
+        cmocka_unit_test_setup_teardown(test_missing_final_newline_is_kept, setup, teardown),
         cmocka_unit_test_setup_teardown(test_numbers_print_shortest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_json_parse_and_print, setup, teardown),
         cmocka_unit_test_setup_teardown(test_default_config_round_trips, setup, teardown),
