@@ -36,36 +36,68 @@ local function valid_module(mod)
 end
 
 -- Users' backends never run in this process: a module here is a stand-in
--- whose check runs the file in a limited child (lua/usercode.lua) with a
--- hard deadline, so an endless loop at load time or in a check (even one
--- wrapped in its own pcall, even inside a C function) cannot hang a command
--- or the supervisor.  Loading (to learn whether the file is a backend, and
--- its summary) happens in such a child too, once per file and mtime, so
--- that the supervisor's periodic checks do not reload (and re-warn about)
--- unchanged files.
+-- (user = true) whose check runs the file in a limited child
+-- (lua/usercode.lua) with a hard deadline, so an endless loop at load time
+-- or in a check (even one wrapped in its own pcall, even inside a C
+-- function) cannot hang a command or the supervisor.  Loading (to learn
+-- whether the file is a backend, and its summary) happens in such a child
+-- too, once per file and mtime, so that the supervisor's periodic checks do
+-- not reload (and re-warn about) unchanged files.
+--
+-- One child serves all the files: starting one costs about as much as a
+-- whole `backend status`, so a child per file made 32 user backends cost
+-- twelve times that.  The price is shared fate inside the child: a check
+-- stuck in a C function (the instruction budget stops Lua loops) delays
+-- the other user checks of that round to the same deadline (built-in
+-- backends are not affected), and a file stuck while loading is named and
+-- the files after it are loaded by a fresh child.
 local user_cache = {} -- path -> { stamp = "...", mod = module|false }
 
+local check_users -- (below) checks stand-ins in one child
+
 local function user_stand_in(name, path, summary)
-    return {
-        name = name, summary = summary, source = path,
-        check = function(settings)
-            -- Killed before check_all gives up on it, so that the child is
-            -- gone and its reason known.
-            local deadline = settings:get("manager.health_timeout") * 1000 + M.DEADLINE_SLACK_MS // 2
-            local doc, err = require("usercode").call(settings.root, settings, "backend_check",
-                { path = path }, deadline)
-            if not doc then error(err, 0) end
-            if type(doc.error) == "string" then error(doc.error, 0) end
-            if type(doc.result) ~= "table" then error("it gave no result", 0) end
-            return M.from_json(doc.result)
-        end,
-    }
+    local mod = { name = name, summary = summary, source = path, user = true }
+    function mod.check(settings)
+        return check_users(settings, { [name] = mod })[name]
+    end
+    return mod
 end
 
--- The stand-in for each loadable user backend file (paths: name -> path),
--- loaded in parallel children.  Broken ones are named once and left out.
+-- Loads the files of tasks ({name, path}) in limited children, one at a
+-- time in each, and sets t.mod (a stand-in) or t.err (why not) on each.
+local function load_in_children(root, tasks)
+    local settings = require("usercode").settings_of(root)
+    local pending = tasks
+    while #pending > 0 do
+        local paths = {}
+        for i, t in ipairs(pending) do paths[i] = t.path end
+        local answers, err = require("usercode").run(root, settings, "backend_load", { paths = paths })
+        local by_path, rest, blamed = {}, {}, false
+        for _, a in ipairs(answers) do
+            if type(a.path) == "string" then by_path[a.path] = a end
+        end
+        for _, t in ipairs(pending) do
+            local a = by_path[t.path]
+            if a and type(a.error) == "string" then
+                t.err = a.error
+            elseif a then
+                t.mod = user_stand_in(t.name, t.path, type(a.summary) == "string" and a.summary or nil)
+            elseif not blamed then
+                -- the one the child was on when it stopped
+                blamed = true
+                t.err = ("%s: loading it %s"):format(t.path, err or "gave no answer")
+            else
+                rest[#rest + 1] = t
+            end
+        end
+        pending = rest
+    end
+end
+
+-- The stand-in for each loadable user backend file (paths: name -> path).
+-- Broken ones are named once and left out.
 local function load_user_backends(root, paths)
-    local mods, tasks = {}, {}
+    local mods, tasks, trusted = {}, {}, {}
     for name, path in pairs(paths) do
         local st = cm.fs.stat(path)
         -- Only a regular file: opening a FIFO would block.
@@ -76,39 +108,31 @@ local function load_user_backends(root, paths)
             if cached and cached.stamp == stamp then
                 mods[name] = cached.mod or nil
             else
-                tasks[#tasks + 1] = { name = name, path = path, stamp = stamp }
+                local t = { name = name, path = path, stamp = stamp }
+                tasks[#tasks + 1] = t
+                local ok, why = require("usercode").trusted(path)
+                if ok then trusted[#trusted + 1] = t else t.err = why end
             end
         end
     end
     if #tasks == 0 then return mods end
-    local settings = require("usercode").settings_of(root)
+    -- In a fixed order, so that which file comes after which is the same
+    -- from run to run.
+    table.sort(trusted, function(a, b) return a.path < b.path end)
+    load_in_children(root, trusted)
     for _, t in ipairs(tasks) do
-        t.task = cm.task.spawn(function()
-            local ok, why = require("usercode").trusted(t.path)
-            if not ok then return nil, why end
-            local doc, err = require("usercode").call(root, settings, "backend_load", { path = t.path })
-            if not doc then return nil, ("%s: loading it %s"):format(t.path, err) end
-            if type(doc.error) == "string" then return nil, doc.error end
-            return user_stand_in(t.name, t.path, type(doc.summary) == "string" and doc.summary or nil)
-        end)
-    end
-    for _, t in ipairs(tasks) do
-        local _, mod, err = t.task:join()
-        if not mod then
-            if err then
-                local text = tostring(err)
-                -- a refusal is an error, not a warning: the user must act
-                if text:find(": not run (", 1, true) then
-                    io.stdout:flush()
-                    io.stderr:write(ui.paint("red", "[ERROR]") .. " " .. text .. "\n")
-                else
-                    warn_once("ignoring backend %s: %s", t.path, text)
-                end
+        if not t.mod then
+            local text = tostring(t.err)
+            -- a refusal is an error, not a warning: the user must act
+            if text:find(": not run (", 1, true) then
+                io.stdout:flush()
+                io.stderr:write(ui.paint("red", "[ERROR]") .. " " .. text .. "\n")
+            else
+                warn_once("ignoring backend %s: %s", t.path, text)
             end
-            mod = false
         end
-        user_cache[t.path] = { stamp = t.stamp, mod = mod }
-        mods[t.name] = mod or nil
+        user_cache[t.path] = { stamp = t.stamp, mod = t.mod or false }
+        mods[t.name] = t.mod
     end
     return mods
 end
@@ -153,14 +177,10 @@ local function split_arg(root_or_settings, settings)
     return root_or_settings, settings
 end
 
--- Backend names in preference order: those listed in backend.order (when
--- the config gives it) first, in that order, then the rest by name.  Without
--- settings the root's config is read for backend.order (a broken config
--- just means no order).
-function M.names(root, settings)
-    root, settings = split_arg(root, settings)
-    if settings == nil and root ~= nil then settings = require("settings").load(root) end
-    local mods = load_all(root)
+-- The names of mods (name -> module) in preference order: those listed in
+-- backend.order (when the config gives it) first, in that order, then the
+-- rest by name.
+local function order_names(mods, settings)
     local names, seen = {}, {}
     local order = settings and settings:get("backend.order")
     if type(order) == "table" then
@@ -177,6 +197,15 @@ function M.names(root, settings)
     end
     table.sort(rest)
     return table.move(rest, 1, #rest, #names + 1, names)
+end
+
+-- The root's backend names in preference order.  Without settings the
+-- root's config is read for backend.order (a broken config just means no
+-- order).
+function M.names(root, settings)
+    root, settings = split_arg(root, settings)
+    if settings == nil and root ~= nil then settings = require("settings").load(root) end
+    return order_names(load_all(root), settings)
 end
 
 -- The module called `name`, or nil.
@@ -249,13 +278,47 @@ function M.run_check(mod, settings)
     return r_ok and r or { healthy = nil, info = {}, ms = 0, detail = "check failed: " .. text_of(r) }
 end
 
+-- Checks user backends (mods: name -> stand-in) in one limited child, all
+-- at once: { [name] = result }.  The child has the deadline of a single
+-- check, shorter than check_all's, so that it is gone and its reason known
+-- before check_all gives up.  What the child says is as untrusted as what a
+-- check returns: it is normalised the same way.
+check_users = function(settings, mods)
+    local t0 = cm.time.now()
+    local paths, name_of = {}, {}
+    for name, mod in pairs(mods) do
+        paths[#paths + 1] = mod.source
+        name_of[mod.source] = name
+    end
+    table.sort(paths)
+    local deadline = settings:get("manager.health_timeout") * 1000 + M.DEADLINE_SLACK_MS // 2
+    local answers, err = require("usercode").run(settings.root, settings, "backend_check",
+        { paths = paths }, deadline)
+    local ms = math.floor(cm.time.now() - t0 + 0.5)
+    local results = {}
+    for _, a in ipairs(answers) do
+        local name = type(a.path) == "string" and name_of[a.path]
+        if name and results[name] == nil then
+            if type(a.result) == "table" then
+                results[name] = normalise(true, M.from_json(a.result), ms)
+            else
+                results[name] = normalise(false, type(a.error) == "string" and a.error or "it gave no result", ms)
+            end
+        end
+    end
+    for name in pairs(mods) do
+        results[name] = results[name] or normalise(false, err or "it gave no result", ms)
+    end
+    return results
+end
+
 -- Checks the named backends (default: all) at the same time and returns
 -- { [name] = result }.  An unknown name gives an unknown result; a check
 -- that raises gives { healthy = nil, detail = "check failed: <err>" }.
 function M.check_all(settings, names)
     local all = names == nil
     local mods = load_all(settings.root)
-    names = names or M.names(settings.root, settings)
+    names = names or order_names(mods, settings)
     local results, started = {}, {}
     local all_done = cm.task.event()
     -- pending starts at 1 for the spawning loop itself: a check that ends
@@ -267,18 +330,35 @@ function M.check_all(settings, names)
         if pending == 0 then all_done:set() end
     end
     local t0 = cm.time.now()
+    local users, any_user, builtins = {}, false, {}
     for _, name in ipairs(names) do
         local mod = mods[name]
         if not mod then
             results[name] = { healthy = nil, detail = "unknown backend", ms = 0, info = {} }
         elseif not started[name] then
             started[name] = true
-            pending = pending + 1
-            cm.task.spawn(function()
-                results[name] = M.run_check(mod, settings)
-                finished()
-            end)
+            if mod.user then
+                users[name], any_user = mod, true
+            else
+                builtins[#builtins + 1] = name
+            end
         end
+    end
+    -- The user backends' child first: it runs on another CPU while this
+    -- process goes on with the built-in checks (loading libcurl, ...).
+    if any_user then
+        pending = pending + 1
+        cm.task.spawn(function()
+            for name, r in pairs(check_users(settings, users)) do results[name] = r end
+            finished()
+        end)
+    end
+    for _, name in ipairs(builtins) do
+        pending = pending + 1
+        cm.task.spawn(function()
+            results[name] = M.run_check(mods[name], settings)
+            finished()
+        end)
     end
     finished()
     if not all_done:is_set() then
@@ -373,14 +453,17 @@ end
 
 -- The facts a backend module shows under its verdict (its details(result,
 -- opts) function, optional), with control characters escaped.
-function M.detail_lines(root, name, result, opts)
-    local mod = M.get(root, name)
+local function details_of(mod, result, opts)
     if not mod or type(mod.details) ~= "function" then return {} end
     local ok, lines = pcall(mod.details, result, opts or {})
     if not ok or type(lines) ~= "table" then return {} end
     local out = {}
     for i, line in ipairs(lines) do out[i] = ui.clean(line) end
     return out
+end
+
+function M.detail_lines(root, name, result, opts)
+    return details_of(M.get(root, name), result, opts)
 end
 
 -- The hint's lines, each a troubleshooting step.
@@ -401,6 +484,7 @@ end
 function M.print_section(settings, results, opts)
     opts = opts or {}
     local active = opts.active or settings:get("backend.active")
+    local mods = load_all(settings.root)
     if opts.title then ui.say("%s", opts.title) end
     local listed = {}
     local function show(name)
@@ -410,7 +494,7 @@ function M.print_section(settings, results, opts)
         ui.say("%s", M.format_line(name, r))
         if opts.details then
             local current = opts.app_models and opts.app_models[name]
-            for _, line in ipairs(M.detail_lines(settings.root, name, r, { current = current })) do
+            for _, line in ipairs(details_of(mods[name], r, { current = current })) do
                 ui.say("      %s", line)
             end
         end
@@ -418,7 +502,7 @@ function M.print_section(settings, results, opts)
             for _, line in ipairs(M.hint_lines(r)) do ui.say("      - %s", line) end
         end
     end
-    for _, name in ipairs(M.names(settings.root, settings)) do show(name) end
+    for _, name in ipairs(order_names(mods, settings)) do show(name) end
     local extra = {}
     for name in pairs(results) do
         if not listed[name] then extra[#extra + 1] = name end
@@ -426,7 +510,7 @@ function M.print_section(settings, results, opts)
     table.sort(extra)
     for _, name in ipairs(extra) do show(name) end
     local serving = opts.serving
-    if not M.get(settings.root, active) then
+    if not mods[active] then
         ui.say("Active backend: %s (not a known backend)", ui.clean(active))
     elseif serving == nil then
         ui.say("Active backend: %s", active)

@@ -67,9 +67,13 @@ local SIGKILL, SIGXCPU = 9, 24
 
 -- Runs JOB with arg (a JSON-able table) in a child under the limits of
 -- `settings` (the defaults when nil); timeout_ms overrides the wall-clock
--- deadline.  Returns the child's answer (a table), or nil and what went
--- wrong ("did not finish within 5 s", "exceeded its CPU time limit", ...).
-function M.call(root, settings, job, arg, timeout_ms)
+-- deadline.  A job may answer more than once (one answer per item of a
+-- batch, each written as soon as it is known), so that a child killed at
+-- its deadline still yields what it finished.  Returns the list of answers
+-- (tables, possibly empty) and, when the child did not end normally with at
+-- least one answer, what went wrong ("did not finish within 5 s",
+-- "exceeded its CPU time limit", ...), and whether that was the deadline.
+function M.run(root, settings, job, arg, timeout_ms)
     local lim = M.limits(settings)
     timeout_ms = timeout_ms or lim.timeout
     arg.memory, arg.output = lim.memory, lim.output
@@ -77,35 +81,43 @@ function M.call(root, settings, job, arg, timeout_ms)
     -- from the spawn, so it always comes first for a busy child).
     arg.cpu = math.ceil(timeout_ms / 1000) + 1
     local ok, text = pcall(cm.json.encode, arg)
-    if not ok then return nil, "cannot pass its input: " .. tostring(text) end
+    if not ok then return {}, "cannot pass its input: " .. tostring(text) end
+    -- Room for the user's output plus one answer per item.
+    local items = type(arg.paths) == "table" and #arg.paths or 1
     local res, err = cm.proc.run({
         argv = { M.exe or cm.sys.exe(), "--root", root, "--no-color", "_user", job, text },
-        timeout = timeout_ms, max_output = lim.output + 4096,
+        timeout = timeout_ms, max_output = lim.output + 4096 * math.max(items, 1),
     })
-    if not res then return nil, err end
-    if res.timed_out then
-        return nil, ("did not finish within %s: stopped"):format(seconds(timeout_ms))
-    end
-    local at, pos = nil, 1
+    if not res then return {}, err end
+    local answers, pos = {}, 1
     while true do
-        local s, e = res.stdout:find(M.MARK, pos, true)
-        if not s then break end
-        at, pos = e + 1, e + 1
+        local _, e = res.stdout:find(M.MARK, pos, true)
+        if not e then break end
+        local line = res.stdout:match("^[^\n]*", e + 1)
+        local doc = cm.json.decode(line)
+        answers[#answers + 1] = type(doc) == "table" and doc or { error = "gave an answer that is not JSON" }
+        pos = e + 1 + #line
     end
-    if at == nil then
-        if res.signal == SIGXCPU or res.signal == SIGKILL then
-            return nil, ("exceeded its CPU time limit (%d s): stopped"):format(arg.cpu)
-        end
-        if res.truncated then
-            return nil, ("wrote more than %d bytes of output: stopped"):format(lim.output)
-        end
-        local why = (res.stderr or ""):gsub("%s+$", ""):sub(-300)
-        return nil, ("ended without an answer (exit %d)%s"):format(res.code,
-            why ~= "" and (": " .. why) or "")
+    if res.timed_out then
+        return answers, ("did not finish within %s: stopped"):format(seconds(timeout_ms)), true
     end
-    local doc = cm.json.decode(res.stdout:sub(at):match("^[^\n]*"))
-    if type(doc) ~= "table" then return nil, "gave an answer that is not JSON" end
-    return doc
+    if res.signal == SIGXCPU or res.signal == SIGKILL then
+        return answers, ("exceeded its CPU time limit (%d s): stopped"):format(arg.cpu)
+    end
+    if res.truncated then
+        return answers, ("wrote more than %d bytes of output: stopped"):format(lim.output)
+    end
+    if #answers > 0 then return answers end
+    local why = (res.stderr or ""):gsub("%s+$", ""):sub(-300)
+    return answers, ("ended without an answer (exit %d)%s"):format(res.code,
+        why ~= "" and (": " .. why) or "")
+end
+
+-- Runs a job that answers once: its answer, or nil and what went wrong.
+function M.call(root, settings, job, arg, timeout_ms)
+    local answers, err, timed_out = M.run(root, settings, job, arg, timeout_ms)
+    if #answers == 0 or timed_out then return nil, err end
+    return answers[#answers]
 end
 
 return M

@@ -791,5 +791,20 @@ user_backend("a C-level loop at load time (status)", "return ('').rep('', 2^62)\
     { "status" }, 3, "Chat-O-Llama is not running", { timeout = 10000, config = base({ user_timeout = 1 }) })
 user_backend("an endless loop in check", "return { name = 'mine', check = function()\n  while true do end\nend }\n",
     HEALTH_MINE, 1, "did not finish", { timeout = 10000 })
+-- All user backends load in one child and check in one other: each answer
+-- must reach its own backend (the slow one, first by name, answers last),
+-- and a file stuck while loading must not take the files after it (in name
+-- order) down with it.
+add("user-backend", { name = "two user backends get their own results", argv = { "backend", "status" }, exit = 0,
+    files = { ["backends/mine.lua"] = "return { name = 'mine', check = function() return { healthy = true, detail = 'mine ok' } end }\n",
+              ["backends/aslow.lua"] = "return { name = 'aslow', check = function() cm.time.sleep(100)\n" ..
+                  "  return { healthy = false, detail = 'aslow down' } end }\n" },
+    message = { "mine       ✓ healthy     mine ok", "aslow      ✗ unhealthy   aslow down" } })
+add("user-backend", { name = "a file after one stuck while loading still loads",
+    argv = { "backend", "health", "mine" }, exit = 0, timeout = 10000, config = base({ user_timeout = 1 }),
+    files = { ["backends/aaa.lua"] = "return ('').rep('', 2^62)\n",
+              ["backends/mine.lua"] = "return { name = 'mine', check = function() return { healthy = true, detail = 'mine ok' } end }\n" },
+    message = { "ignoring backend ${ROOT}/backends/aaa.lua: ${ROOT}/backends/aaa.lua: loading it did not finish within 1 s",
+                "mine       ✓ healthy     mine ok" } })
 
 return rows

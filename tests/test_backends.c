@@ -566,8 +566,9 @@ static void test_two_user_backends_concurrently(void **state)
     mkdir_in_root(f, "backends");
     write_in_root(f, "backends/slow_a.lua", slow_backend);
     write_in_root(f, "backends/slow_b.lua", slow_backend);
-    /* Each user check runs in its own child (lua/usercode.lua), so one
-     * costs 300 ms plus a process start: two at once cost about one. */
+    /* User checks run in one child (lua/usercode.lua), each in its own
+     * task, so one costs 300 ms plus a process start: two at once cost
+     * about one. */
     static const char both[] =
         LUA_PRELUDE "backends.names(s)\n"
                     "local t0 = cm.time.now()\n"

@@ -4,11 +4,17 @@
 -- job's input.  Jobs:
 --   policy         {path, ctx, known = {names}}: the user's fallback policy
 --                  in its sandbox -> {decision | error, prints, dropped}
---   backend_load   {path}: loads a user backend -> {summary} | {error}
---   backend_check  {path}: loads it and runs its check -> {result} | {error}
+--   backend_load   {paths}: loads each user backend in turn -> one answer
+--                  per path as it is loaded: {path, summary} | {path, error}
+--   backend_check  {paths}: loads them and runs their checks at once -> one
+--                  answer per path as its check ends: {path, result} |
+--                  {path, error}
 --   command_load   {path}: loads a user command -> {name, usage, summary,
 --                  group, max_args} | {error}
--- The answer is one JSON line after usercode.MARK on stdout.
+-- Each answer is one JSON line after usercode.MARK on stdout; a batch job
+-- answers per item as soon as it knows, so a child stopped at its deadline
+-- still leaves the answers it gave (and, for loads in turn, which file it was
+-- on).
 
 local usercode = require("usercode")
 
@@ -56,24 +62,38 @@ function jobs.policy(ctx, arg)
     return { decision = decision, error = err, prints = cm.json.array(prints), dropped = dropped }
 end
 
+-- Backends are loaded in the order given, each answered before the next is
+-- read: when the child is stopped, the first path without an answer is the
+-- one it was on.
 function jobs.backend_load(_, arg)
-    local mod, err = load_backend(arg.path)
-    if not mod then return { error = err } end
-    local summary = rawget(mod, "summary")
-    return { summary = type(summary) == "string" and summary or nil }
+    for _, path in ipairs(arg.paths or {}) do
+        local mod, err = load_backend(path)
+        local summary = mod and rawget(mod, "summary")
+        answer({ path = path, error = err, summary = type(summary) == "string" and summary or nil })
+    end
 end
 
 function jobs.command_load(_, arg)
     return require("registry").describe_user_command(arg.path)
 end
 
+-- Each check in its own task, like check_all: a slow one does not hold up
+-- the answers of the others.
 function jobs.backend_check(ctx, arg)
-    local mod, err = load_backend(arg.path)
-    if not mod then return { error = err } end
     local settings, serr = require("settings").load(ctx.root)
-    if not settings then return { error = serr } end
     local backends = require("backends")
-    return { result = backends.to_json(backends.run_check(mod, settings)) }
+    local tasks = {}
+    for _, path in ipairs(arg.paths or {}) do
+        local mod, err = load_backend(path)
+        if not settings or not mod then
+            answer({ path = path, error = serr or err })
+        else
+            tasks[#tasks + 1] = cm.task.spawn(function()
+                answer({ path = path, result = backends.to_json(backends.run_check(mod, settings)) })
+            end)
+        end
+    end
+    for _, t in ipairs(tasks) do t:join() end
 end
 
 return {
@@ -95,7 +115,8 @@ return {
             return 1
         end
         local done, doc = pcall(job, ctx, arg)
-        answer(done and doc or { error = tostring(doc) })
+        -- (batch jobs answer as they go and return nothing)
+        if not done or doc ~= nil then answer(done and doc or { error = tostring(doc) }) end
         return 0
     end,
 }
