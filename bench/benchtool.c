@@ -31,6 +31,11 @@
  *   benchtool free-port
  *       Prints a TCP port that is free on 127.0.0.1 right now.
  *
+ *   benchtool curl-load
+ *       Loads libcurl the way chat-manager does (dlopen "libcurl.so.4", then
+ *       curl_global_init) and exits: the floor under any chat-manager
+ *       command that makes an HTTP request.
+ *
  *   benchtool stats
  *       Reads numbers (one per whitespace-separated token) from stdin and
  *       prints "MEDIAN MIN MAX N" ("nan" tokens are skipped).
@@ -46,6 +51,8 @@
  */
 #define _GNU_SOURCE
 #include <cjson/cJSON.h>
+#include <curl/curl.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -364,6 +371,21 @@ static void prefer_cpu(void)
 #endif
 }
 
+/* As src/curl_api.c loads it: no request, just the load and the init. */
+static int curl_load(void)
+{
+    void *lib = dlopen("libcurl.so.4", RTLD_NOW | RTLD_LOCAL);
+    if (lib == NULL) {
+        fprintf(stderr, "benchtool: %s\n", dlerror());
+        return 1;
+    }
+    CURLcode (*global_init)(long);
+    void *sym = dlsym(lib, "curl_global_init");
+    if (sym == NULL) return 1;
+    memcpy(&global_init, &sym, sizeof sym);
+    return global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : 1;
+}
+
 static void usage(void)
 {
     fprintf(stderr, "usage: benchtool start-gap PORT TIMEOUT_MS -- CMD...\n"
@@ -372,6 +394,7 @@ static void usage(void)
                     "       benchtool stop-gap PID TIMEOUT_MS -- CMD...\n"
                     "       benchtool hf FILE [INDEX...]\n"
                     "       benchtool free-port\n"
+                    "       benchtool curl-load\n"
                     "       benchtool stats < numbers\n");
     exit(2);
 }
@@ -401,6 +424,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "hf") == 0 && argc >= 3) return hf(argv[2], argc - 3, argv + 3);
     if (strcmp(cmd, "stats") == 0) return stats();
     if (strcmp(cmd, "free-port") == 0) return free_port();
+    if (strcmp(cmd, "curl-load") == 0) return curl_load();
     usage();
     return 2;
 }
