@@ -47,10 +47,11 @@ end
 -- One child serves all the files: starting one costs about as much as a
 -- whole `backend status`, so a child per file made 32 user backends cost
 -- twelve times that.  The price is shared fate inside the child: a check
--- stuck in a C function (the instruction budget stops Lua loops) delays
--- the other user checks of that round to the same deadline (built-in
--- backends are not affected), and a file stuck while loading is named and
--- the files after it are loaded by a fresh child.
+-- stuck in a C function (the instruction budget stops Lua loops), or one
+-- that ends the child, leaves the user checks that had not answered yet
+-- unknown for that round (built-in backends are not affected).  Loading
+-- goes on in a fresh child after a stop, so each file still gets a whole
+-- deadline (load_in_children).  Each file has its own globals (_user.lua).
 local user_cache = {} -- path -> { stamp = "...", mod = module|false }
 
 local check_users -- (below) checks stand-ins in one child
@@ -63,8 +64,26 @@ local function user_stand_in(name, path, summary)
     return mod
 end
 
--- Loads the files of tasks ({name, path}) in limited children, one at a
--- time in each, and sets t.mod (a stand-in) or t.err (why not) on each.
+-- The answers of a batch child by path, and the reason it gave for the
+-- rest (an answer without a path: the job itself failed), if any.
+local function answers_by_path(answers)
+    local by_path, reason = {}, nil
+    for _, a in ipairs(answers) do
+        if type(a.path) == "string" then
+            by_path[a.path] = a
+        elseif type(a.error) == "string" then
+            reason = a.error
+        end
+    end
+    return by_path, reason
+end
+
+-- Loads the files of tasks ({name, path}) in limited children, in turn,
+-- and sets t.mod (a stand-in) or t.err (why not) on each.  When a child
+-- stops early, a fresh one goes on from the first file it did not answer,
+-- so that file gets a whole deadline of its own; a file that a child
+-- started with and did not answer is the one to blame.  Every round
+-- settles at least one file.
 local function load_in_children(root, tasks)
     local settings = require("usercode").settings_of(root)
     local pending = tasks
@@ -72,23 +91,22 @@ local function load_in_children(root, tasks)
         local paths = {}
         for i, t in ipairs(pending) do paths[i] = t.path end
         local answers, err = require("usercode").run(root, settings, "backend_load", { paths = paths })
-        local by_path, rest, blamed = {}, {}, false
-        for _, a in ipairs(answers) do
-            if type(a.path) == "string" then by_path[a.path] = a end
-        end
+        local by_path, reason = answers_by_path(answers)
+        local rest, answered = {}, false
         for _, t in ipairs(pending) do
             local a = by_path[t.path]
             if a and type(a.error) == "string" then
-                t.err = a.error
+                t.err, answered = a.error, true
             elseif a then
                 t.mod = user_stand_in(t.name, t.path, type(a.summary) == "string" and a.summary or nil)
-            elseif not blamed then
-                -- the one the child was on when it stopped
-                blamed = true
-                t.err = ("%s: loading it %s"):format(t.path, err or "gave no answer")
+                answered = true
             else
                 rest[#rest + 1] = t
             end
+        end
+        if not answered and #rest > 0 then
+            local t = table.remove(rest, 1)
+            t.err = ("%s: loading it %s"):format(t.path, reason or err or "gave no answer")
         end
         pending = rest
     end
@@ -116,9 +134,11 @@ local function load_user_backends(root, paths)
         end
     end
     if #tasks == 0 then return mods end
-    -- In a fixed order, so that which file comes after which is the same
-    -- from run to run.
-    table.sort(trusted, function(a, b) return a.path < b.path end)
+    -- In a fixed order, so that which file comes after which (and the order
+    -- of the warnings) is the same from run to run.
+    local function by_path(a, b) return a.path < b.path end
+    table.sort(trusted, by_path)
+    table.sort(tasks, by_path)
     load_in_children(root, trusted)
     for _, t in ipairs(tasks) do
         if not t.mod then
@@ -296,9 +316,10 @@ check_users = function(settings, mods)
         { paths = paths }, deadline)
     local ms = math.floor(cm.time.now() - t0 + 0.5)
     local results = {}
-    for _, a in ipairs(answers) do
-        local name = type(a.path) == "string" and name_of[a.path]
-        if name and results[name] == nil then
+    local by_path, reason = answers_by_path(answers)
+    for path, a in pairs(by_path) do
+        local name = name_of[path]
+        if name then
             if type(a.result) == "table" then
                 results[name] = normalise(true, M.from_json(a.result), ms)
             else
@@ -307,7 +328,7 @@ check_users = function(settings, mods)
         end
     end
     for name in pairs(mods) do
-        results[name] = results[name] or normalise(false, err or "it gave no result", ms)
+        results[name] = results[name] or normalise(false, reason or err or "it gave no result", ms)
     end
     return results
 end

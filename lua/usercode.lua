@@ -14,7 +14,8 @@
 
 local M = {}
 
--- The answer is the text after the last MARK on the child's stdout.
+-- Each answer is the JSON line after a MARK on the child's stdout (a batch
+-- job writes one per item; M.call takes the last).
 M.MARK = "\n\1cm-answer\1"
 
 -- The program the child runs: this binary (tests embedding the runtime
@@ -68,11 +69,13 @@ local SIGKILL, SIGXCPU = 9, 24
 -- Runs JOB with arg (a JSON-able table) in a child under the limits of
 -- `settings` (the defaults when nil); timeout_ms overrides the wall-clock
 -- deadline.  A job may answer more than once (one answer per item of a
--- batch, each written as soon as it is known), so that a child killed at
+-- batch, each written as soon as it is known), so that a child stopped at
 -- its deadline still yields what it finished.  Returns the list of answers
--- (tables, possibly empty) and, when the child did not end normally with at
--- least one answer, what went wrong ("did not finish within 5 s",
--- "exceeded its CPU time limit", ...), and whether that was the deadline.
+-- (tables, possibly empty; an answer that is not JSON is { error = ...,
+-- unreadable = true }), what went wrong when the child did not end normally
+-- ("did not finish within 5 s", "exceeded its CPU time limit", "ended
+-- without an answer (exit 1): ..."; nil when it did), and whether that was
+-- the deadline.
 function M.run(root, settings, job, arg, timeout_ms)
     local lim = M.limits(settings)
     timeout_ms = timeout_ms or lim.timeout
@@ -95,7 +98,8 @@ function M.run(root, settings, job, arg, timeout_ms)
         if not e then break end
         local line = res.stdout:match("^[^\n]*", e + 1)
         local doc = cm.json.decode(line)
-        answers[#answers + 1] = type(doc) == "table" and doc or { error = "gave an answer that is not JSON" }
+        answers[#answers + 1] = type(doc) == "table" and doc
+            or { error = "gave an answer that is not JSON", unreadable = true }
         pos = e + 1 + #line
     end
     if res.timed_out then
@@ -105,19 +109,22 @@ function M.run(root, settings, job, arg, timeout_ms)
         return answers, ("exceeded its CPU time limit (%d s): stopped"):format(arg.cpu)
     end
     if res.truncated then
-        return answers, ("wrote more than %d bytes of output: stopped"):format(lim.output)
+        return answers, ("wrote more than %d bytes of output: the rest was dropped"):format(lim.output)
     end
-    if #answers > 0 then return answers end
+    if #answers > 0 and res.code == 0 and not res.signal then return answers end
     local why = (res.stderr or ""):gsub("%s+$", ""):sub(-300)
-    return answers, ("ended without an answer (exit %d)%s"):format(res.code,
+    local how = res.signal and ("killed by signal %d"):format(res.signal) or ("exit %d"):format(res.code)
+    return answers, ("ended %s(%s)%s"):format(#answers == 0 and "without an answer " or "", how,
         why ~= "" and (": " .. why) or "")
 end
 
 -- Runs a job that answers once: its answer, or nil and what went wrong.
 function M.call(root, settings, job, arg, timeout_ms)
     local answers, err, timed_out = M.run(root, settings, job, arg, timeout_ms)
-    if #answers == 0 or timed_out then return nil, err end
-    return answers[#answers]
+    local doc = answers[#answers]
+    if doc == nil or timed_out then return nil, err end
+    if doc.unreadable then return nil, doc.error end
+    return doc
 end
 
 return M

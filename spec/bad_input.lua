@@ -800,6 +800,19 @@ add("user-backend", { name = "two user backends get their own results", argv = {
               ["backends/aslow.lua"] = "return { name = 'aslow', check = function() cm.time.sleep(100)\n" ..
                   "  return { healthy = false, detail = 'aslow down' } end }\n" },
     message = { "mine       ✓ healthy     mine ok", "aslow      ✗ unhealthy   aslow down" } })
+add("user-backend", { name = "slow files share no deadline: each may take most of its own",
+    argv = { "backend", "health", "mine" }, exit = 0, timeout = 15000, config = base({ user_timeout = 2 }),
+    files = { ["backends/aaa.lua"] = "cm.time.sleep(1200)\nreturn { name = 'aaa', check = function() return { healthy = true } end }\n",
+              ["backends/mine.lua"] = "cm.time.sleep(1200)\n" ..
+                  "return { name = 'mine', check = function() return { healthy = true, detail = 'mine ok' } end }\n" },
+    message = { "mine       ✓ healthy     mine ok" }, absent = { "ignoring backend" } })
+add("user-backend", { name = "two files with the same global do not see each other's",
+    argv = { "backend", "status" }, exit = 0,
+    files = { ["backends/aaa.lua"] = "label = 'aaa'\nreturn { name = 'aaa', check = function() cm.time.sleep(50)\n" ..
+                  "  return { healthy = true, detail = 'I am ' .. label } end }\n",
+              ["backends/mine.lua"] = "label = 'mine'\nreturn { name = 'mine', check = function() cm.time.sleep(50)\n" ..
+                  "  return { healthy = true, detail = 'I am ' .. label } end }\n" },
+    message = { "aaa        ✓ healthy     I am aaa", "mine       ✓ healthy     I am mine" } })
 add("user-backend", { name = "a file after one stuck while loading still loads",
     argv = { "backend", "health", "mine" }, exit = 0, timeout = 10000, config = base({ user_timeout = 1 }),
     files = { ["backends/aaa.lua"] = "return ('').rep('', 2^62)\n",

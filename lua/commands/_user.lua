@@ -25,9 +25,12 @@ local function answer(doc)
     io.stdout:flush()
 end
 
--- Loads a user backend file: the module, or nil and why.
+-- Loads a user backend file: the module, or nil and why.  Each file gets
+-- its own global table (reads fall through to the real one), as it had
+-- when each file ran in a child of its own: two files that both use a
+-- global of the same name do not see each other's.
 local function load_backend(path)
-    local chunk, err = loadfile(path, "t")
+    local chunk, err = loadfile(path, "t", setmetatable({}, { __index = _G }))
     if not chunk then return nil, err end
     local ok, mod = pcall(chunk)
     if not ok then return nil, tostring(mod) end
