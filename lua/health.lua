@@ -162,7 +162,14 @@ function M.tick(sv)
         refused = refused,
     }))
     if policy_err then sv:log("user policy failed: %s", policy_err) end
-    if decision.action ~= "switch" or decision.to == serving then return decision end
+    if decision.action ~= "switch" or decision.to == serving then
+        -- Why an unhealthy backend stays (the cooldown, the count, no
+        -- healthy alternative, ...): what a user reading the log asks next.
+        if health[serving] ~= true and type(decision.reason) == "string" then
+            sv:log("keeping '%s': %s", serving, decision.reason)
+        end
+        return decision
+    end
     apply(sv, decision, serving)
     sv:save_state()
     return decision

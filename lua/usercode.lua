@@ -111,9 +111,9 @@ function M.run(root, settings, job, arg, timeout_ms)
     if res.truncated then
         return answers, ("wrote more than %d bytes of output: the rest was dropped"):format(lim.output)
     end
-    if #answers > 0 and res.code == 0 and not res.signal then return answers end
+    if #answers > 0 and res.code == 0 and res.signal == 0 then return answers end
     local why = (res.stderr or ""):gsub("%s+$", ""):sub(-300)
-    local how = res.signal and ("killed by signal %d"):format(res.signal) or ("exit %d"):format(res.code)
+    local how = res.signal ~= 0 and ("killed by signal %d"):format(res.signal) or ("exit %d"):format(res.code)
     return answers, ("ended %s(%s)%s"):format(#answers == 0 and "without an answer " or "", how,
         why ~= "" and (": " .. why) or "")
 end

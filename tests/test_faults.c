@@ -851,6 +851,10 @@ static int step_log_order(row_ctx_t *c)
         prev_at = at;
         prev = text;
     }
+    if (!ok) {
+        size_t n = strlen(logs);
+        note(c, "their end:\n%s", logs + (n > 3000 ? n - 3000 : 0));
+    }
     free(logs);
     return ok ? 0 : -1;
 }

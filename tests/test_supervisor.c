@@ -9,6 +9,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "cminst.h"
 #include "cmtest.h"
 
 #include <arpa/inet.h>
@@ -147,14 +148,28 @@ static int app_backend_is(int port, const char *backend)
     return ok;
 }
 
-static int wait_backend(int port, const char *backend, int timeout_ms)
+/* Waits for the app to serve with backend; when it does not, prints the
+ * end of the root's logs (the supervisor's account of its checks). */
+static int wait_backend_in(const char *root, int port, const char *backend, int timeout_ms)
 {
     double t0 = cmt_now_ms();
     while (cmt_now_ms() - t0 < timeout_ms) {
         if (app_backend_is(port, backend)) return 0;
         usleep(20000);
     }
+    if (root != NULL) {
+        char *logs = cmi_logs_text(root);
+        size_t n = logs != NULL ? strlen(logs) : 0;
+        print_error("the app does not serve with %s after %d ms; the logs end:\n%s\n", backend,
+                    timeout_ms, logs != NULL ? logs + (n > 4000 ? n - 4000 : 0) : "(none)");
+        free(logs);
+    }
     return -1;
+}
+
+static int wait_backend(int port, const char *backend, int timeout_ms)
+{
+    return wait_backend_in(NULL, port, backend, timeout_ms);
 }
 
 static int count_in_logs(const char *root, const char *needle)
@@ -313,7 +328,7 @@ static void usr1_checks_backends_now(void **state)
         usleep(10000);
     assert_true(app_backend_is(w->port, "ollama")); /* one failure: hysteresis keeps it */
     assert_int_equal(kill(sup, SIGUSR1), 0);
-    assert_int_equal(wait_backend(w->port, "llamacpp", 10000), 0);
+    assert_int_equal(wait_backend_in(w->root, w->port, "llamacpp", 10000), 0);
     world_free(w);
 }
 
