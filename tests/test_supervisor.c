@@ -47,6 +47,11 @@ static void start_ollama(world_t *w)
     free(http);
 }
 
+/* The world of the running test: freed by its teardown when an assertion
+ * ended the test before world_free (else its supervisor and app would
+ * outlive the suite). */
+static world_t *live_world;
+
 /* A root with the fixture app, a healthy fake Ollama (active) and a healthy
  * llama.cpp (fake interpreter + one valid GGUF model). */
 static world_t *world_new(const char *interval, const char *extra_manager)
@@ -99,17 +104,26 @@ static world_t *world_new(const char *interval, const char *extra_manager)
     free(path);
     free(app);
     free(python);
+    live_world = w;
     return w;
 }
 
 static void world_free(world_t *w)
 {
+    live_world = NULL;
     cmt_result_t r = cmt_cm(w->root, NULL, 30000, "force-stop", NULL);
     cmt_result_free(&r);
     if (w->ollama > 0) cmt_kill_group(w->ollama);
     cmt_rmtree(w->root);
     free(w->root);
     free(w);
+}
+
+static int free_live_world(void **state)
+{
+    (void)state;
+    if (live_world != NULL) world_free(live_world);
+    return 0;
 }
 
 /* GET /health from the app; returns the body (malloc'd) or NULL. */
@@ -467,13 +481,13 @@ static void force_stop_kills_only_marked_processes(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(dead_ollama_falls_back_to_llamacpp_once),
-        cmocka_unit_test(usr1_checks_backends_now),
-        cmocka_unit_test(switch_without_endpoint_needs_a_restart),
-        cmocka_unit_test(hup_restarts_the_app),
-        cmocka_unit_test(old_session_logs_are_pruned),
-        cmocka_unit_test(force_stop_kills_only_marked_processes),
-        cmocka_unit_test(relative_config_file_is_the_same_file_for_the_supervisor),
+        cmocka_unit_test_teardown(dead_ollama_falls_back_to_llamacpp_once, free_live_world),
+        cmocka_unit_test_teardown(usr1_checks_backends_now, free_live_world),
+        cmocka_unit_test_teardown(switch_without_endpoint_needs_a_restart, free_live_world),
+        cmocka_unit_test_teardown(hup_restarts_the_app, free_live_world),
+        cmocka_unit_test_teardown(old_session_logs_are_pruned, free_live_world),
+        cmocka_unit_test_teardown(force_stop_kills_only_marked_processes, free_live_world),
+        cmocka_unit_test_teardown(relative_config_file_is_the_same_file_for_the_supervisor, free_live_world),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
