@@ -110,7 +110,7 @@ static void old_app_is_shown_and_stopped(void **state)
     assert_true(getpgid(l->pid) != l->pid);
 
     cmt_result_t r = cm(l, "status", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "started outside chat-manager, not supervised"));
     char want[64];
     snprintf(want, sizeof want, "PID:        %d", (int)l->pid);
@@ -118,7 +118,7 @@ static void old_app_is_shown_and_stopped(void **state)
     cmt_result_free(&r);
 
     r = cm(l, "stop", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "Chat-O-Llama stopped"));
     cmt_result_free(&r);
     assert_true(cmi_wait_dead(l->pid, 2000));
@@ -127,7 +127,7 @@ static void old_app_is_shown_and_stopped(void **state)
     assert_false(access(pidfile, F_OK) == 0);
     free(pidfile);
     r = cm(l, "status", NULL);
-    assert_int_equal(r.code, 3);
+    assert_cmt_code(r, 3);
     cmt_result_free(&r);
     legacy_free(l);
 }
@@ -141,25 +141,24 @@ static void old_app_is_restarted_supervised_or_force_stopped(void **state)
     char *app = fake_app_command();
     legacy_start(l, l->root, app, NULL);
     cmt_result_t r = cm(l, "restart", NULL);
-    if (r.code != 0) print_error("restart: %s\n%s\n", r.out, r.err);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "started successfully"));
     cmt_result_free(&r);
     assert_false(cmt_pid_alive(l->pid));
     assert_false(cmt_pid_alive(l->app));
     assert_true(cmi_lock_held(l->root));
     r = cm(l, "status", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "Supervisor:"));
     cmt_result_free(&r);
     r = cm(l, "stop", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
 
     legacy_start(l, l->root, app, NULL);
     free(app);
     r = cm(l, "force-stop", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     assert_true(cmi_wait_dead(l->pid, 2000));
     assert_true(cmi_wait_dead(l->app, 2000));
@@ -187,7 +186,7 @@ static void old_app_force_stopped_with_a_broken_config(void **state)
     cmt_write_file(config, "{ \"server\": ");
     free(config);
     cmt_result_t r = cm(l, "force-stop", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     assert_true(cmi_wait_dead(l->pid, 2000));
     assert_true(cmi_wait_dead(l->app, 2000));
@@ -207,7 +206,7 @@ static void unproven_processes_are_left_alone(void **state)
     free(app);
 
     cmt_result_t r = cm(l, "status", NULL);
-    assert_int_equal(r.code, 4);
+    assert_cmt_code(r, 4);
     assert_non_null(strstr(r.out, "not provably this checkout's app"));
     assert_non_null(strstr(r.out, "working directory is"));
     assert_null(strstr(r.out, "not running"));
@@ -215,7 +214,7 @@ static void unproven_processes_are_left_alone(void **state)
     const char *cmds[] = {"stop", "restart", "start", "force-stop"};
     for (size_t i = 0; i < 4; i++) {
         r = cm(l, cmds[i], NULL);
-        if (strcmp(cmds[i], "force-stop") != 0) assert_int_equal(r.code, 1);
+        if (strcmp(cmds[i], "force-stop") != 0) assert_cmt_code(r, 1);
         assert_non_null(strstr(r.err, "left alone"));
         cmt_result_free(&r);
         assert_true(cmt_pid_alive(l->pid));
@@ -231,7 +230,7 @@ static void unproven_processes_are_left_alone(void **state)
     snprintf(server, sizeof server, "/usr/bin/python3 -m http.server --bind 127.0.0.1 %d", l->port);
     legacy_start(l, l->root, server, NULL);
     r = cm(l, "stop", NULL);
-    assert_int_equal(r.code, 1);
+    assert_cmt_code(r, 1);
     assert_non_null(strstr(r.err, "does not run"));
     cmt_result_free(&r);
     assert_true(cmt_pid_alive(l->app));
@@ -257,21 +256,21 @@ static void real_app_started_by_the_old_script(void **state)
     legacy_start(l, l->root, "python3 app.py", env);
 
     cmt_result_t r = cmr_cm(l->root, "/", 60000, "status", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "started outside chat-manager"));
     cmt_result_free(&r);
     r = cmr_cm(l->root, "/", 60000, "restart", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     assert_false(cmt_pid_alive(l->pid));
     assert_false(cmt_pid_alive(l->app));
     assert_int_equal(cmi_http_status(l->port, "/api/backend/status", 5000), 200);
     r = cmr_cm(l->root, "/", 60000, "status", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "Supervisor:"));
     cmt_result_free(&r);
     r = cmr_cm(l->root, "/", 60000, "stop", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     if (l->group > 0) kill(-l->group, SIGKILL);
     cmr_remove(l->root);

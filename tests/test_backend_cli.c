@@ -151,7 +151,7 @@ static void test_status_text(void **state)
     static const char *const subs[] = {"status", "list"};
     for (int i = 0; i < 2; i++) {
         cmt_result_t r = cmt_cm(f->root, NULL, RUN_MS, "backend", subs[i], NULL);
-        assert_int_equal(r.code, 0);
+        assert_cmt_code(r, 0);
         contains(r.out,
                  "  ollama     \xe2\x9c\x93 healthy     2 models (llama3.2:1b, qwen2.5:0.5b), "
                  "v0.5.7, ");
@@ -169,7 +169,7 @@ static void test_status_json(void **state)
     write_in_root(f, "backends/mystery.lua",
                   "return { check = function() return { detail = 'cannot tell' } end }\n");
     cmt_result_t r = cmt_cm(f->root, NULL, RUN_MS, "backend", "status", "--json", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cJSON *doc = cJSON_Parse(r.out);
     if (doc == NULL) fail_msg("not JSON:\n%s", r.out);
     assert_string_equal(cJSON_GetObjectItem(doc, "active")->valuestring, "ollama");
@@ -199,31 +199,31 @@ static void test_health_exit_codes(void **state)
                   "return { check = function() return { detail = 'cannot tell' } end }\n");
 
     cmt_result_t r = cmt_cm(f->root, NULL, RUN_MS, "backend", "health", NULL);
-    assert_int_equal(r.code, 0); /* the active one: ollama */
+    assert_cmt_code(r, 0); /* the active one: ollama */
     contains(r.out, "  ollama     \xe2\x9c\x93 healthy     2 models");
     contains(r.out, "llama3.2:1b");
     cmt_result_free(&r);
 
     r = cmt_cm(f->root, NULL, RUN_MS, "backend", "health", "llamacpp", NULL);
-    assert_int_equal(r.code, 1);
+    assert_cmt_code(r, 1);
     contains(r.out, "\xe2\x9c\x97 unhealthy");
     contains(r.out, "Troubleshooting:");
     contains(r.out, "Download GGUF models into ");
     cmt_result_free(&r);
 
     r = cmt_cm(f->root, NULL, RUN_MS, "backend", "health", "mystery", NULL);
-    assert_int_equal(r.code, 1);
+    assert_cmt_code(r, 1);
     contains(r.out, "? unknown");
     cmt_result_free(&r);
 
     r = cmt_cm(f->root, NULL, RUN_MS, "backend", "health", "nope", NULL);
-    assert_int_equal(r.code, 2);
+    assert_cmt_code(r, 2);
     contains(r.err, "[ERROR] Unknown backend: nope\n");
     contains(r.err, "Available backends: llamacpp, mystery, ollama\n");
     cmt_result_free(&r);
 
     r = cmt_cm(f->root, NULL, RUN_MS, "backend", "health", "ollama", "--json", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cJSON *doc = cJSON_Parse(r.out);
     if (doc == NULL) fail_msg("not JSON:\n%s", r.out);
     assert_true(cJSON_IsTrue(cJSON_GetObjectItem(doc, "healthy")));
@@ -232,7 +232,7 @@ static void test_health_exit_codes(void **state)
     cmt_result_free(&r);
 
     r = cmt_cm(f->root, NULL, RUN_MS, "--json", "backend", "health", "llamacpp", NULL);
-    assert_int_equal(r.code, 1);
+    assert_cmt_code(r, 1);
     doc = cJSON_Parse(r.out);
     if (doc == NULL) fail_msg("not JSON:\n%s", r.out);
     assert_true(cJSON_IsFalse(cJSON_GetObjectItem(doc, "healthy")));
@@ -246,7 +246,7 @@ static void test_health_refused(void **state)
     fixture_t *f = *state;
     stop_http(f);
     cmt_result_t r = cmt_cm(f->root, NULL, RUN_MS, "backend", "health", "ollama", NULL);
-    assert_int_equal(r.code, 1);
+    assert_cmt_code(r, 1);
     contains(r.out, "connection refused at http://127.0.0.1:");
     contains(r.out, "ollama serve");
     contains(r.out, "ollama.base_url in config.json");
@@ -265,7 +265,7 @@ static void test_http_without_tls(void **state)
     free(dir);
     const char *env[] = {ld, NULL};
     cmt_result_t r = cmt_cm(f->root, env, RUN_MS, "backend", "health", "ollama", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     contains(r.out, "2 models (llama3.2:1b, qwen2.5:0.5b)");
     cmt_result_free(&r);
 
@@ -279,7 +279,7 @@ static void test_http_without_tls(void **state)
     free(https);
     free(text);
     r = cmt_cm(f->root, env, RUN_MS, "backend", "health", "ollama", NULL);
-    assert_int_equal(r.code, 1);
+    assert_cmt_code(r, 1);
     contains(r.out, "CURLOPT_SSL_VERIFYPEER");
     cmt_result_free(&r);
 }
@@ -291,7 +291,7 @@ static void test_switch_keeps_everything(void **state)
     fixture_t *f = *state;
     assert_int_equal(chmod(f->config, 0640), 0);
     cmt_result_t r = cmt_cm(f->root, NULL, RUN_MS, "backend", "switch", "llamacpp", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     contains(r.out, "[WARNING] Backend 'llamacpp' is not healthy - some features may not work\n");
     contains(r.out, "[INFO] Switched to backend 'llamacpp'\n");
     contains(r.out, "Restart the application to apply: chat-manager restart\n");
@@ -307,7 +307,7 @@ static void test_switch_keeps_everything(void **state)
 
     /* And back to a healthy one: no warning. */
     r = cmt_cm(f->root, NULL, RUN_MS, "backend", "switch", "ollama", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_null(strstr(r.out, "[WARNING]"));
     contains(r.out, "[INFO] Switched to backend 'ollama'\n");
     cmt_result_free(&r);
@@ -319,7 +319,7 @@ static void test_switch_keeps_everything(void **state)
 
     /* Switching to the active one writes nothing. */
     r = cmt_cm(f->root, NULL, RUN_MS, "backend", "switch", "ollama", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     contains(r.out, "[INFO] Backend 'ollama' is already active\n");
     cmt_result_free(&r);
 }
@@ -344,7 +344,7 @@ static void test_switch_unknown_changes_nothing(void **state)
     struct stat st;
     assert_int_equal(stat(f->config, &st), 0);
     cmt_result_t r = cmt_cm(f->root, NULL, RUN_MS, "backend", "switch", "nonesuch", NULL);
-    assert_int_equal(r.code, 2);
+    assert_cmt_code(r, 2);
     contains(r.err, "[ERROR] Unknown backend: nonesuch\n");
     contains(r.err, "Available backends: llamacpp, ollama\n");
     assert_null(strstr(r.out, "Switched"));
@@ -361,7 +361,7 @@ static void test_switch_invalid_config(void **state)
     struct stat st;
     assert_int_equal(stat(f->config, &st), 0);
     cmt_result_t r = cmt_cm(f->root, NULL, RUN_MS, "backend", "switch", "llamacpp", NULL);
-    assert_int_equal(r.code, 1);
+    assert_cmt_code(r, 1);
     contains(r.err, "config.json:3:");
     assert_null(strstr(r.out, "Switched"));
     cmt_result_free(&r);
@@ -372,7 +372,7 @@ static void test_switch_invalid_config(void **state)
     cmt_write_file(f->config, wrong);
     assert_int_equal(stat(f->config, &st), 0);
     r = cmt_cm(f->root, NULL, RUN_MS, "backend", "switch", "llamacpp", NULL);
-    assert_int_equal(r.code, 1);
+    assert_cmt_code(r, 1);
     contains(r.err, "'backend.active' must be a backend name");
     cmt_result_free(&r);
     assert_config_untouched(f, wrong, &st);
@@ -383,7 +383,7 @@ static void test_switch_missing_config(void **state)
     fixture_t *f = *state;
     assert_int_equal(unlink(f->config), 0);
     cmt_result_t r = cmt_cm(f->root, NULL, RUN_MS, "backend", "switch", "llamacpp", NULL);
-    assert_int_equal(r.code, 1);
+    assert_cmt_code(r, 1);
     contains(r.err, "[ERROR] Failed to switch backend: ");
     contains(r.err, "config.json: No such file or directory");
     cmt_result_free(&r);
@@ -402,7 +402,7 @@ static void test_switch_config_file_env(void **state)
     snprintf(env, sizeof env, "CONFIG_FILE=%s", other);
     const char *const envp[] = {env, NULL};
     cmt_result_t r = cmt_cm(f->root, envp, RUN_MS, "backend", "switch", "llamacpp", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     char *expected = config_text(f, "llamacpp");
     char *actual = cmt_read_file(other, NULL);
@@ -424,16 +424,16 @@ static void test_switch_user_backend(void **state)
                   "return { summary = 'mine', check = function() "
                   "return { healthy = true, detail = 'all good' } end }\n");
     cmt_result_t r = cmt_cm(f->root, NULL, RUN_MS, "backend", "switch", "custom", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     contains(r.out, "  custom     \xe2\x9c\x93 healthy     all good, ");
     contains(r.out, "[INFO] Switched to backend 'custom'\n");
     cmt_result_free(&r);
     r = cmt_cm(f->root, NULL, RUN_MS, "backend", "status", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     contains(r.out, "Active backend: custom\n");
     cmt_result_free(&r);
     r = cmt_cm(f->root, NULL, RUN_MS, "backend", "health", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     contains(r.out, "all good");
     cmt_result_free(&r);
 }
@@ -469,7 +469,7 @@ static void test_help_lists_subcommands(void **state)
 {
     fixture_t *f = *state;
     cmt_result_t r = cmt_cm(f->root, NULL, RUN_MS, "help", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     contains(r.out, "Backend commands:");
     contains(r.out, "  backend status ");
     contains(r.out, "  backend list ");
@@ -495,7 +495,7 @@ static void test_status_facts(void **state)
     assert_int_equal(fwrite(bytes, 1, len, out), len);
     fclose(out);
     cmt_result_t r = cmt_cm(f->root, NULL, RUN_MS, "backend", "status", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     contains(r.out, "      Version: 0.5.7\n");
     contains(r.out, "llama3.2:1b                    1.3 GB  1.2B Q8_0");
     contains(r.out, "qwen2.5:0.5b                   398 MB  494.03M Q4_K_M");
@@ -521,7 +521,7 @@ static void test_hostile_names_escaped(void **state)
                                           {"backend", "health", "ollama"}};
     for (int i = 0; i < 2; i++) {
         cmt_result_t r = cmt_cm(f->root, NULL, RUN_MS, cmds[i][0], cmds[i][1], cmds[i][2], NULL);
-        assert_int_equal(r.code, 0);
+        assert_cmt_code(r, 0);
         if (strchr(r.out, '\x1b') != NULL)
             fail_msg("an escape byte reached the output:\n%s", r.out);
         if (strstr(r.out, "\n[INFO] forged") != NULL) fail_msg("a forged line:\n%s", r.out);

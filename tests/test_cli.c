@@ -115,7 +115,7 @@ static void version_names_the_libraries(void **state)
 {
     (void)state;
     cmt_result_t r = cmt_cm(NULL, NULL, RUN_MS, "--version", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     expect_contains(r.out, "chat-manager ", "--version");
     expect_contains(r.out, "Lua 5.4", "--version");
     expect_contains(r.out, "libuv 1.", "--version");
@@ -227,7 +227,7 @@ static char *bash_complete(const char *script, const char *root, const char *wor
              script, root, words);
     const char *argv[] = {"/bin/bash", "-c", cmd, NULL};
     cmt_result_t r = cmt_run(argv, shell_env(), RUN_MS);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     char *out = strdup(r.out);
     cmt_result_free(&r);
     return out;
@@ -240,7 +240,7 @@ static void completion_scripts(void **state)
     const char *shells[][2] = {{"bash", "bash -n"}, {"zsh", "zsh -n"}, {"fish", "fish -n"}};
     for (size_t i = 0; i < 3; i++) {
         cmt_result_t r = cmt_cm(root, NULL, RUN_MS, "completion", shells[i][0], NULL);
-        assert_int_equal(r.code, 0);
+        assert_cmt_code(r, 0);
         char *file = cmt_path(root, shells[i][0]);
         cmt_write_file(file, r.out);
         cmt_result_free(&r);
@@ -326,7 +326,7 @@ static void man_page(void **state)
     char cmd[8192];
     snprintf(cmd, sizeof cmd, "MANWIDTH=100 man -l '%s'", page);
     cmt_result_t r = sh(cmd, RUN_MS);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_string_equal(r.err, "");
     expect_contains(r.out, "NAME", "man page");
     expect_contains(r.out, "EXIT STATUS", "man page");
@@ -358,8 +358,7 @@ static void debian_package(void **state)
              "|| { cat cpack.log; exit 1; }; ls *.deb",
              dir, cmt_env("CM_BUILD_DIR"), dir);
     cmt_result_t r = sh(cmd, 240000);
-    if (r.code != 0) print_error("%s\n%s\n", r.out, r.err);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     char deb[4096];
     snprintf(deb, sizeof deb, "%s/%.*s", dir, (int)strcspn(r.out, "\n"), r.out);
     cmt_result_free(&r);
@@ -442,7 +441,7 @@ static void logs_in_a_pipe_exits_at_once(void **state)
         char cmd[8192];
         snprintf(cmd, sizeof cmd, "chat-manager --root '%s' %s | head -2", root, variants[i]);
         cmt_result_t r = sh(cmd, 10000);
-        assert_int_equal(r.code, 0);
+        assert_cmt_code(r, 0);
         if (r.ms >= 1000) print_error("'%s' took %.0f ms\n", cmd, r.ms);
         assert_true(r.ms < 1000);
         assert_int_equal(cmi_count(r.out, "\n"), 2);
@@ -479,7 +478,7 @@ static void logs_to_a_slow_reader_loses_nothing(void **state)
              " | { sleep 0.3; head -c 1048576; } | wc -c",
              root);
     cmt_result_t r = sh(cmd, 20000);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_int_equal(atol(r.out), 1048576);
     cmt_result_free(&r);
     cmt_rmtree(root);
@@ -742,7 +741,7 @@ static void setup_scripts(void **state)
                  "chat-manager-no-such-package",
                  deps);
         cmt_result_t r = sh(cmd, 60000);
-        assert_int_equal(r.code, 1);
+        assert_cmt_code(r, 1);
         expect_contains(r.out,
                         "[INFO] Installing the missing Debian packages: "
                         "chat-manager-no-such-package",

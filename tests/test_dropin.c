@@ -67,7 +67,7 @@ static void copy_binary(const char *dir)
     char *exe = cmt_path(dir, "chat-manager");
     const char *argv[] = {"/bin/cp", cmt_env("CM_BINARY"), exe, NULL};
     cmt_result_t r = cmt_run(argv, NULL, 30000);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     free(exe);
 }
@@ -101,7 +101,7 @@ static void test_root_is_the_executables_directory(void **state)
     copy_binary(bare);
 
     cmt_result_t r = run_by_path(checkout, elsewhere, "status");
-    assert_int_equal(r.code, 3);
+    assert_cmt_code(r, 3);
     assert_status_root(&r, checkout);
     cmt_result_free(&r);
     assert_int_equal(dir_entries(elsewhere), 0);
@@ -117,7 +117,7 @@ static void test_root_is_the_executables_directory(void **state)
 
     /* A binary in a directory without an app: the working directory. */
     r = run_by_path(bare, elsewhere, "status");
-    assert_int_equal(r.code, 3);
+    assert_cmt_code(r, 3);
     assert_status_root(&r, elsewhere);
     cmt_result_free(&r);
     assert_int_equal(dir_entries(elsewhere), 0);
@@ -154,12 +154,12 @@ static void test_no_app_nothing_created(void **state)
         cmt_result_free(&r);
     }
     cmt_result_t r = cmt_cm(empty, quiet_env, CMD_MS, "start", NULL);
-    assert_int_equal(r.code, 1);
+    assert_cmt_code(r, 1);
     assert_non_null(strstr(r.err, "[ERROR] no Chat-O-Llama app in "));
     assert_int_equal(dir_entries(empty), 0);
     cmt_result_free(&r);
     r = cmt_cm(empty, quiet_env, CMD_MS, "restart", NULL);
-    assert_int_equal(r.code, 1);
+    assert_cmt_code(r, 1);
     assert_int_equal(dir_entries(empty), 0);
     cmt_result_free(&r);
     cmt_rmtree(empty);
@@ -180,8 +180,7 @@ static void start_fixture(running_t *in)
     in->port = cmt_free_port();
     write_fixture_config(in->root, in->port, "\"FAKE_APP_MODE\": \"instant\"", 10);
     cmt_result_t r = cmt_cm(in->root, quiet_env, CMD_MS, "start", NULL);
-    if (r.code != 0) print_error("start: %s\n%s\n", r.out, r.err);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     cJSON *st = cmi_read_state(in->root);
     assert_non_null(st);
@@ -221,7 +220,7 @@ static void test_a_copy_cannot_touch_the_original(void **state)
     snprintf(src, sizeof src, "%s/.", in.root);
     const char *cp[] = {"/bin/cp", "-a", src, copy, NULL};
     cmt_result_t r = cmt_run(cp, NULL, 30000);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     char id[17], copy_id[17];
     cmi_instance_id(in.root, id);
@@ -235,7 +234,7 @@ static void test_a_copy_cannot_touch_the_original(void **state)
         assert_still_running(&in);
     }
     r = cmt_cm(in.root, quiet_env, CMD_MS, "status", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     r = cmt_cm(copy, quiet_env, CMD_MS, "force-stop", NULL);
     cmt_result_free(&r);
@@ -312,8 +311,7 @@ static void test_forged_state_group(void **state)
     cJSON_Delete(st);
 
     cmt_result_t r = cmt_cm(in.root, quiet_env, CMD_MS, "stop", NULL);
-    if (r.code != 0) print_error("stop: %s\n%s\n", r.out, r.err);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     assert_true(cmi_wait_dead(in.app, 10000));
     assert_true(cmi_pid_alive(foreign));
@@ -332,8 +330,7 @@ static void test_start_progress_lines(void **state)
     write_fixture_config(root, port, "\"FAKE_APP_MODE\": \"slow\", \"FAKE_APP_DELAY_MS\": \"5600\"",
                          30);
     cmt_result_t r = cmt_cm(root, quiet_env, CMD_MS, "start", NULL);
-    if (r.code != 0) print_error("start: %s\n%s\n", r.out, r.err);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     /* The line's count of seconds depends on how late the timer fires on a
      * loaded machine; there is at least one line, each complete. */
     char want[256];

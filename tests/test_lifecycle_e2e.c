@@ -166,7 +166,7 @@ static void instant_app_runs_and_stops(void **state)
     (void)state;
     inst_t *in = inst_new("instant", NULL, NULL);
     cmt_result_t r = cm_cmd(in, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "started successfully"));
     cmt_result_free(&r);
     int pid = wait_state(in, "running", 1000);
@@ -174,12 +174,12 @@ static void instant_app_runs_and_stops(void **state)
     assert_int_equal(cmt_wait_port(in->port, 100), 0);
 
     r = cm_cmd(in, "status", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "is running"));
     cmt_result_free(&r);
 
     r = cm_cmd(in, "stop", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "stopped"));
     cmt_result_free(&r);
     assert_false(cmt_pid_alive(pid));
@@ -189,10 +189,10 @@ static void instant_app_runs_and_stops(void **state)
     free(pidfile);
 
     r = cm_cmd(in, "status", NULL);
-    assert_int_equal(r.code, 3);
+    assert_cmt_code(r, 3);
     cmt_result_free(&r);
     r = cm_cmd(in, "stop", NULL); /* not running: says so, exit 0 */
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "not running"));
     cmt_result_free(&r);
     inst_free(in);
@@ -203,7 +203,7 @@ static void slow_start_is_running_only_once_the_port_answers(void **state)
     (void)state;
     inst_t *in = inst_new("slow", "\"FAKE_APP_DELAY_MS\": \"700\"", NULL);
     cmt_result_t r = cm_cmd(in, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_true(r.ms >= 700);
     cmt_result_free(&r);
     cJSON *st = read_state(in);
@@ -218,7 +218,7 @@ static void crash_at_start_fails_with_the_log(void **state)
     (void)state;
     inst_t *in = inst_new("crash-start", "\"FAKE_APP_EXIT_CODE\": \"3\"", NULL);
     cmt_result_t r = cm_cmd(in, "start", NULL);
-    assert_int_equal(r.code, 1);
+    assert_cmt_code(r, 1);
     assert_non_null(strstr(r.err, "failed to start: exit code 3"));
     assert_non_null(strstr(r.out, "simulated crash"));
     cmt_result_free(&r);
@@ -228,7 +228,7 @@ static void crash_at_start_fails_with_the_log(void **state)
         usleep(5000);
     assert_false(supervisor_lock_held(in));
     r = cm_cmd(in, "status", NULL);
-    assert_int_equal(r.code, 3);
+    assert_cmt_code(r, 3);
     cmt_result_free(&r);
     inst_free(in);
 }
@@ -238,7 +238,7 @@ static void start_timeout_fails_and_kills_the_group(void **state)
     (void)state;
     inst_t *in = inst_new("slow", "\"FAKE_APP_DELAY_MS\": \"60000\"", "\"start_timeout\": 1");
     cmt_result_t r = cm_cmd(in, "start", NULL);
-    assert_int_equal(r.code, 1);
+    assert_cmt_code(r, 1);
     assert_non_null(strstr(r.err, "not ready within"));
     cmt_result_free(&r);
     int pid = logged_app_pid(in);
@@ -286,7 +286,7 @@ static void crashes_far_apart_are_never_given_up_on(void **state)
                  "\"restart\": {\"policy\": \"on-failure\", \"max_restarts\": 1,"
                  " \"backoff_initial\": 0.05, \"backoff_max\": 0.05, \"reset_after\": 0.3}");
     cmt_result_t r = cm_cmd(in, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     int pid = wait_state(in, "running", 2000);
     for (int crash = 1; crash <= 3; crash++) {
@@ -318,7 +318,7 @@ static void crashed_app_leaves_no_pid_file_while_the_retry_waits(void **state)
                           "\"restart\": {\"policy\": \"on-failure\", \"max_restarts\": 5,"
                           " \"backoff_initial\": 30, \"backoff_max\": 30, \"reset_after\": 30}");
     cmt_result_t r = cm_cmd(in, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     int pid = wait_state(in, "running", 2000);
     char *pidfile = cmt_path(in->root, "process.pid");
@@ -331,7 +331,7 @@ static void crashed_app_leaves_no_pid_file_while_the_retry_waits(void **state)
     wait_state(in, "failed", 5000);
     assert_int_not_equal(access(pidfile, F_OK), 0);
     r = cm_cmd(in, "stop", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     free(pidfile);
     inst_free(in);
@@ -342,11 +342,11 @@ static void sigterm_ignorer_is_killed_after_stop_timeout(void **state)
     (void)state;
     inst_t *in = inst_new("ignore-term", NULL, "\"stop_timeout\": 1");
     cmt_result_t r = cm_cmd(in, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     int pid = wait_state(in, "running", 1000);
     r = cm_cmd(in, "stop", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_true(r.ms >= 1000);
     assert_true(r.ms < 1000 + cmt_bound_ms(4000)); /* KILL at stop_timeout, not later */
     cmt_result_free(&r);
@@ -363,7 +363,7 @@ static void grandchild_dies_with_the_app(void **state)
     snprintf(env, sizeof env, "\"FAKE_APP_GRANDCHILD_PIDFILE\": \"%s\"", gc_file);
     inst_t *in = inst_new("grandchild", env, NULL);
     cmt_result_t r = cm_cmd(in, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     assert_int_equal(cmt_wait_file(gc_file, 2000), 0);
     char *text = cmt_read_file(gc_file, NULL);
@@ -371,7 +371,7 @@ static void grandchild_dies_with_the_app(void **state)
     free(text);
     assert_true(cmt_pid_alive(gc));
     r = cm_cmd(in, "stop", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     assert_false(cmt_pid_alive(gc));
     inst_free(in);
@@ -391,7 +391,7 @@ static void crashed_app_leftovers_die_at_once(void **state)
     snprintf(env, sizeof env, "\"FAKE_APP_GRANDCHILD_PIDFILE\": \"%s\"", gc_file);
     inst_t *in = inst_new("grandchild", env, "\"stop_timeout\": 30");
     cmt_result_t r = cm_cmd(in, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     int pid = wait_state(in, "running", 2000);
     assert_int_equal(cmt_wait_file(gc_file, 2000), 0);
@@ -421,14 +421,14 @@ static void busy_port_names_its_owner_and_leaves_it_alone(void **state)
     pid_t owner = cmt_spawn(argv, NULL, NULL);
     assert_int_equal(cmt_wait_file(pf, 5000), 0);
     cmt_result_t r = cm_cmd(in, "start", NULL);
-    assert_int_equal(r.code, 1);
+    assert_cmt_code(r, 1);
     char expect[128];
     snprintf(expect, sizeof expect, "Port %d is already in use by PID %d", in->port, owner);
     if (strstr(r.err, expect) == NULL) fail_msg("expected '%s' in:\n%s", expect, r.err);
     cmt_result_free(&r);
     assert_int_equal(kill(owner, 0), 0);
     r = cm_cmd(in, "force-stop", NULL); /* names it, never kills it */
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     snprintf(expect, sizeof expect, "Port %d is used by PID %d", in->port, owner);
     if (strstr(r.out, expect) == NULL) fail_msg("expected '%s' in:\n%s", expect, r.out);
     cmt_result_free(&r);
@@ -469,7 +469,7 @@ static void supervisor_killed_app_keeps_serving_and_stop_works(void **state)
     (void)state;
     inst_t *in = inst_new("instant", NULL, NULL);
     cmt_result_t r = cm_cmd(in, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     int pid = wait_state(in, "running", 1000);
     char *spf = cmt_path(in->root, "run/supervisor.pid");
@@ -483,11 +483,11 @@ static void supervisor_killed_app_keeps_serving_and_stop_works(void **state)
     assert_true(cmt_pid_alive(pid));
     assert_int_equal(cmt_wait_port(in->port, 500), 0);
     r = cm_cmd(in, "status", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "supervisor is gone"));
     cmt_result_free(&r);
     r = cm_cmd(in, "stop", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     assert_false(cmt_pid_alive(pid));
     inst_free(in);
@@ -498,7 +498,7 @@ static void crash_while_running_comes_back_with_a_new_pid(void **state)
     (void)state;
     inst_t *in = inst_new("instant", NULL, NULL);
     cmt_result_t r = cm_cmd(in, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     int pid = wait_state(in, "running", 1000);
     assert_int_equal(kill(pid, SIGKILL), 0);
@@ -528,7 +528,7 @@ static void crash_loop_ends_in_failed_after_max_restarts(void **state)
                           "\"restart\": {\"max_restarts\": 2, \"backoff_initial\": 0.05,"
                           " \"backoff_max\": 0.1}");
     cmt_result_t r = cm_cmd(in, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     wait_state(in, "failed", 10000);
     double t0 = cmt_now_ms();
@@ -539,7 +539,7 @@ static void crash_loop_ends_in_failed_after_max_restarts(void **state)
     assert_int_equal(state_int(st, "restarts"), 2);
     cJSON_Delete(st);
     r = cm_cmd(in, "status", NULL);
-    assert_int_equal(r.code, 3);
+    assert_cmt_code(r, 3);
     assert_non_null(strstr(r.err, "has failed"));
     cmt_result_free(&r);
     inst_free(in);
@@ -573,7 +573,7 @@ static void first_crash_restarts_at_once_crashes_in_a_row_back_off(void **state)
                           "\"restart\": {\"max_restarts\": 5, \"backoff_initial\": 60,"
                           " \"backoff_max\": 60, \"reset_after\": 3}");
     cmt_result_t r = cm_cmd(in, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     int pid = wait_state(in, "running", 1000);
     int restarts = -1;
@@ -615,7 +615,7 @@ static void status_names_a_leftover_from_before_the_supervisor(void **state)
     (void)state;
     inst_t *in = inst_new("instant", NULL, NULL);
     cmt_result_t r = cm_cmd(in, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     cJSON *st = read_state(in);
     assert_non_null(st);
@@ -623,7 +623,7 @@ static void status_names_a_leftover_from_before_the_supervisor(void **state)
     snprintf(marker, sizeof marker, "CHAT_MANAGER_INSTANCE=%s", state_str(st, "instance"));
     cJSON_Delete(st);
     r = cm_cmd(in, "stop", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
 
     const char *argv[] = {"/bin/sleep", "60", NULL};
@@ -631,7 +631,7 @@ static void status_names_a_leftover_from_before_the_supervisor(void **state)
     pid_t left = cmt_spawn(argv, env, NULL);
     assert_true(left > 1);
     r = cm_cmd(in, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     /* The supervisor looks once, right after ready. */
     double t0 = cmt_now_ms();
@@ -650,13 +650,13 @@ static void status_names_a_leftover_from_before_the_supervisor(void **state)
     char want[64];
     snprintf(want, sizeof want, "Orphaned process of this instance: PID %d", (int)left);
     r = cm_cmd(in, "status", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, want));
     cmt_result_free(&r);
 
     cmt_kill_group(left);
     r = cm_cmd(in, "status", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_null(strstr(r.out, "Orphaned process"));
     cmt_result_free(&r);
     inst_free(in);
@@ -670,10 +670,10 @@ static void stop_returns_promptly(void **state)
     (void)state;
     inst_t *in = inst_new("instant", NULL, NULL);
     cmt_result_t r = cm_cmd(in, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     r = cm_cmd(in, "stop", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_true(r.ms < 5000);
     cmt_result_free(&r);
     inst_free(in);
@@ -686,11 +686,11 @@ static void restart_gives_a_new_pid_on_the_same_port(void **state)
     char port[16];
     snprintf(port, sizeof port, "%d", in->port);
     cmt_result_t r = cm_cmd(in, "start", port);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     int pid = wait_state(in, "running", 1000);
     r = cm_cmd(in, "restart", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     cJSON *st = read_state(in);
     assert_string_equal(state_str(st, "state"), "running");
@@ -705,10 +705,10 @@ static void status_json_and_logs(void **state)
     (void)state;
     inst_t *in = inst_new("instant", NULL, NULL);
     cmt_result_t r = cm_cmd(in, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     r = cmt_cm(in->root, quiet_env, 30000, "status", "--json", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cJSON *j = cJSON_Parse(r.out);
     assert_non_null(j);
     assert_string_equal(state_str(j, "state"), "running");
@@ -716,11 +716,11 @@ static void status_json_and_logs(void **state)
     cJSON_Delete(j);
     cmt_result_free(&r);
     r = cmt_cm(in->root, quiet_env, 30000, "logs", "-n", "20", "--no-follow", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "starting -> running"));
     cmt_result_free(&r);
     r = cmt_cm(in->root, quiet_env, 30000, "logs", "-n", "x", NULL);
-    assert_int_equal(r.code, 2);
+    assert_cmt_code(r, 2);
     cmt_result_free(&r);
     inst_free(in);
 }
@@ -752,11 +752,11 @@ static void stale_and_foreign_pid_files(void **state)
     snprintf(text, sizeof text, "%d\n", dead);
     cmt_write_file(pidfile, text);
     cmt_result_t r = cm_cmd(in, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "Removing stale PID file"));
     cmt_result_free(&r);
     r = cm_cmd(in, "stop", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
 
     /* The old script's format (no start time) naming a foreign process:
@@ -765,11 +765,11 @@ static void stale_and_foreign_pid_files(void **state)
     snprintf(text, sizeof text, "%d\n", foreign);
     cmt_write_file(pidfile, text);
     r = cm_cmd(in, "stop", NULL);
-    assert_int_equal(r.code, 1);
+    assert_cmt_code(r, 1);
     assert_non_null(strstr(r.err, "left alone"));
     cmt_result_free(&r);
     r = cm_cmd(in, "force-stop", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     assert_true(cmt_pid_alive(foreign));
     cmt_kill_group(foreign);
@@ -795,7 +795,7 @@ static void zombie_in_pid_file_is_not_running(void **state)
     snprintf(text, sizeof text, "%d\n# start_time=%llu\n", (int)zombie, cmi_start_time(zombie));
     cmt_write_file(pidfile, text);
     cmt_result_t r = cm_cmd(in, "status", NULL);
-    assert_int_equal(r.code, 1); /* dead, but the pid file exists */
+    assert_cmt_code(r, 1); /* dead, but the pid file exists */
     assert_null(strstr(r.out, "is running"));
     cmt_result_free(&r);
     assert_int_equal(cmt_wait_child(zombie, 5000), 0); /* reaped: exit 0 */
@@ -822,7 +822,7 @@ static void reused_pid_of_a_marked_process_is_not_the_app(void **state)
     snprintf(text, sizeof text, "%d\n# start_time=%llu\n", (int)marked, cmi_start_time(marked) + 1);
     cmt_write_file(pidfile, text);
     cmt_result_t r = cm_cmd(in, "status", NULL);
-    assert_int_equal(r.code, 1); /* dead, but the pid file exists */
+    assert_cmt_code(r, 1); /* dead, but the pid file exists */
     assert_null(strstr(r.out, "is running"));
     cmt_result_free(&r);
     cmt_kill_group(marked);
@@ -836,7 +836,7 @@ static void logs_follow_ends_on_ctrl_c(void **state)
     (void)state;
     inst_t *in = inst_new("instant", NULL, NULL);
     cmt_result_t r = cm_cmd(in, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     char *out = cmt_path(in->root, "logs.out");
     const char *argv[] = {cmt_env("CM_BINARY"), "--root", in->root, "logs", NULL};
@@ -845,7 +845,7 @@ static void logs_follow_ends_on_ctrl_c(void **state)
     /* It follows once it watches the log (after reading where it ends). */
     assert_int_equal(cmt_wait_fd_to(pid, "anon_inode:inotify", 5000), 0);
     r = cm_cmd(in, "stop", NULL); /* new lines arrive while following */
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     double t0 = cmt_now_ms();
     char *text = NULL;

@@ -52,7 +52,7 @@ static void must_run(const char *const argv[])
 {
     cmt_result_t r = cmt_run(argv, NULL, 60000);
     if (r.code != 0) fprintf(stderr, "%s failed: %s%s\n", argv[0], r.out, r.err);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
 }
 
@@ -278,7 +278,7 @@ static void fallback_live_and_failback(void **state)
     if (w == NULL) skip();
     cmt_result_t r = cmt_cm(w->root, w->env, 90000, "start", NULL);
     if (r.code != 0) fprintf(stderr, "start: %s%s\n", r.out, r.err);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     char *before = read_config(w);
     int pid = app_pid(w);
@@ -311,7 +311,7 @@ static void fallback_live_and_failback(void **state)
 
     /* status --json: configured, serving and why. */
     r = cmt_cm(w->root, w->env, 90000, "--json", "status", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cJSON *st = cJSON_Parse(r.out);
     assert_non_null(st);
     assert_string_equal(cJSON_GetObjectItemCaseSensitive(st, "configured_backend")->valuestring,
@@ -351,14 +351,14 @@ static void switch_is_live(void **state)
     world_t *w = world_new();
     if (w == NULL) skip();
     cmt_result_t r = cmt_cm(w->root, w->env, 90000, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     int pid = app_pid(w);
     assert_true(wait_serving(w, "ollama", 10000) >= 0);
 
     r = cmt_cm(w->root, w->env, 90000, "backend", "switch", "llamacpp", NULL);
     if (r.code != 0) fprintf(stderr, "%s%s\n", r.out, r.err);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "now serves with 'llamacpp': switched live, no restart"));
     assert_true(wait_serving(w, "llamacpp", 1000) >= 0);
     assert_int_equal(app_pid(w), pid);
@@ -373,7 +373,7 @@ static void switch_is_live(void **state)
     /* An unhealthy backend: config.json is written, the app stays. */
     stop_ollama(w);
     r = cmt_cm(w->root, w->env, 90000, "backend", "switch", "ollama", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "not healthy"));
     assert_non_null(strstr(r.out, "stays on its current backend"));
     assert_non_null(strstr(r.out, "--force"));
@@ -384,7 +384,7 @@ static void switch_is_live(void **state)
 
     /* --force asks the app, which refuses a backend it cannot reach. */
     r = cmt_cm(w->root, w->env, 90000, "backend", "switch", "ollama", "--force", NULL);
-    assert_int_equal(r.code, 1);
+    assert_cmt_code(r, 1);
     assert_non_null(strstr(r.err, "The app refused to switch to 'ollama'"));
     cmt_result_free(&r);
     assert_int_equal(app_pid(w), pid);

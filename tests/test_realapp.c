@@ -83,7 +83,7 @@ static void test_dropin_start_on_another_port(void **state)
 
     cmt_result_t r = cmr_cm(root, "/", CMD_MS, "start", port_text, NULL);
     if (r.code != 0) print_failure("start", &r);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     assert_int_equal(cmi_http_status(port, "/api/backend/status", HTTP_MS), 200);
     assert_int_equal(cmi_http_status(config_port, "/", 500), -1);
@@ -99,7 +99,7 @@ static void test_dropin_start_on_another_port(void **state)
     free(app_cfg_path);
 
     r = cmr_cm(root, "/", CMD_MS, "status", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     char root_line[4200];
     snprintf(root_line, sizeof root_line, "Root:       %s\n", root);
     assert_non_null(strstr(r.out, root_line));
@@ -115,7 +115,7 @@ static void test_dropin_start_on_another_port(void **state)
     /* A plain restart keeps the port that worked. */
     r = cmr_cm(root, "/", CMD_MS, "restart", NULL);
     if (r.code != 0) print_failure("restart", &r);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     assert_int_equal(cmi_http_status(port, "/api/backend/status", HTTP_MS), 200);
     st = cmi_read_state(root);
@@ -131,14 +131,14 @@ static void test_dropin_start_on_another_port(void **state)
     snprintf(moved_text, sizeof moved_text, "%d", moved);
     r = cmr_cm(root, "/", CMD_MS, "restart", moved_text, NULL);
     if (r.code != 0) print_failure("restart PORT", &r);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     assert_int_equal(cmi_http_status(moved, "/api/backend/status", HTTP_MS), 200);
     assert_int_equal(cmi_http_status(port, "/", 500), -1);
     assert_config_unchanged(root, before, before_len);
 
     r = cmr_cm(root, "/", CMD_MS, "stop", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     assert_int_equal(cmi_http_status(moved, "/", 500), -1);
     assert_true(wait_unmarked(root, 10000));
@@ -156,14 +156,14 @@ static void test_start_on_the_configured_port(void **state)
     char *root = cmr_copy_app(port);
     cmt_result_t r = cmr_cm(root, root, CMD_MS, "start", NULL);
     if (r.code != 0) print_failure("start", &r);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     assert_int_equal(cmi_http_status(port, "/", HTTP_MS), 200);
     char *app_cfg = cmt_path(root, "run/app-config.json");
     assert_null(cmt_read_file(app_cfg, NULL));
     free(app_cfg);
     r = cmr_cm(root, root, CMD_MS, "stop", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     assert_true(wait_unmarked(root, 10000));
     cmr_remove(root);
@@ -203,7 +203,7 @@ static void test_wrong_port_fails_fast_and_is_not_reused(void **state)
     snprintf(port_text, sizeof port_text, "%d", port);
     cmt_result_t r = cmr_cm(root, "/", CMD_MS, "start", port_text, NULL);
     if (r.code != 1) print_failure("start", &r);
-    assert_int_equal(r.code, 1);
+    assert_cmt_code(r, 1);
     char want[4400];
     snprintf(want, sizeof want,
              "[ERROR] the app listens on %d, not on %d (it reads server.port from %s)\n",
@@ -219,12 +219,12 @@ static void test_wrong_port_fails_fast_and_is_not_reused(void **state)
     cmt_write_file(cfg_path, orig);
     r = cmr_cm(root, "/", CMD_MS, "restart", NULL);
     if (r.code != 0) print_failure("restart", &r);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     assert_int_equal(cmi_http_status(config_port, "/", HTTP_MS), 200);
     assert_int_equal(cmi_http_status(port, "/", 500), -1);
     r = cmr_cm(root, "/", CMD_MS, "stop", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     free(cfg_path);
     free(other);

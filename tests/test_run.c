@@ -184,7 +184,7 @@ static void run_under_a_service_manager(void **state)
 
     /* status sees a supervised app. */
     cmt_result_t r = cmt_cm(f->root, NULL, 30000, "status", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     char want[64];
     snprintf(want, sizeof want, "Supervisor: %d", (int)run);
     assert_non_null(strstr(r.out, want));
@@ -195,7 +195,7 @@ static void run_under_a_service_manager(void **state)
      * then READY=1 again. */
     r = cmt_cm(f->root, NULL, 30000, "restart", NULL);
     if (r.code != 0) print_message("restart said:\n%s%s", r.out, r.err);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "restarted"));
     cmt_result_free(&r);
     assert_true(wait_message(f, "RELOADING=1\nMONOTONIC_USEC=", 5000));
@@ -212,7 +212,7 @@ static void run_under_a_service_manager(void **state)
 
     /* stop ends it for good: STOPPING=1, exit 0, nothing restarted. */
     r = cmt_cm(f->root, NULL, 30000, "stop", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "Chat-O-Llama stopped"));
     cmt_result_free(&r);
     assert_true(wait_message(f, "STOPPING=1", 2000));
@@ -223,7 +223,7 @@ static void run_under_a_service_manager(void **state)
     assert_true(cmi_wait_lock_released(f->root, 2000));
     assert_false(cmt_pid_alive(app2));
     r = cmt_cm(f->root, NULL, 30000, "status", NULL);
-    assert_int_equal(r.code, 3);
+    assert_cmt_code(r, 3);
     cmt_result_free(&r);
 
     /* Each event printed once: three starts, three lines (and all of the
@@ -284,10 +284,10 @@ static void a_stuck_listener_does_not_freeze_run(void **state)
         usleep(10000);
     assert_int_equal(cmi_logs_count(f->root, "cannot notify the service manager"), 1);
     cmt_result_t r = cmt_cm(f->root, NULL, 30000, "restart", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     r = cmt_cm(f->root, NULL, 30000, "stop", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     int st = cmt_wait_child(run, 10000);
     assert_true(st != -1 && WIFEXITED(st));
@@ -302,7 +302,7 @@ static void run_without_an_app_creates_nothing(void **state)
     char *empty = cmt_tempdir();
     const char *argv[] = {cmt_env("CM_BINARY"), "--root", empty, "run", NULL};
     cmt_result_t r = cmt_run(argv, NULL, 30000);
-    assert_int_equal(r.code, 1);
+    assert_cmt_code(r, 1);
     assert_non_null(strstr(r.err, "no Chat-O-Llama app in"));
     cmt_result_free(&r);
     char *run_dir = cmt_path(empty, "run");

@@ -170,7 +170,7 @@ static void help_lists_every_command(void **state)
     (void)state;
     char *dir = cmt_tempdir();
     cmt_result_t r = cmt_cm(dir, NULL, 10000, "help", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     const char *expected[] = {"start [port]",   "stop",           "force-stop", "restart [port]",
                               "status",         "logs",           "run [port]", "backend status",
                               "backend switch", "backend health", "help",       NULL};
@@ -180,7 +180,7 @@ static void help_lists_every_command(void **state)
     }
     cmt_result_free(&r);
     r = cmt_cm(dir, NULL, 10000, "--help", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     cmt_rmtree(dir);
     free(dir);
@@ -191,12 +191,12 @@ static void unknown_command_exits_2(void **state)
     (void)state;
     char *dir = cmt_tempdir();
     cmt_result_t r = cmt_cm(dir, NULL, 10000, "nonsense", NULL);
-    assert_int_equal(r.code, 2);
+    assert_cmt_code(r, 2);
     assert_non_null(strstr(r.err, "[ERROR] Unknown command: nonsense"));
     assert_non_null(strstr(r.err, "Usage:"));
     cmt_result_free(&r);
     r = cmt_cm(dir, NULL, 10000, "status", "--root", NULL);
-    assert_int_equal(r.code, 2);
+    assert_cmt_code(r, 2);
     cmt_result_free(&r);
     cmt_rmtree(dir);
     free(dir);
@@ -217,12 +217,12 @@ static void user_commands_are_registered(void **state)
     char *broken = cmt_path(cmds, "broken.lua");
     cmt_write_file(broken, "return {{{\n");
     cmt_result_t r = cmt_cm(dir, NULL, 10000, "hello", "world", NULL);
-    assert_int_equal(r.code, 5);
+    assert_cmt_code(r, 5);
     assert_non_null(strstr(r.out, "hello world"));
     cmt_result_free(&r);
     /* help loads every command: the broken one is named there. */
     r = cmt_cm(dir, NULL, 10000, "help", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "say hello"));
     assert_non_null(strstr(r.out, "broken.lua"));
     cmt_result_free(&r);
@@ -250,7 +250,7 @@ static void lua_dir_overrides_and_errors_show_file_line(void **state)
     snprintf(env_dir, sizeof env_dir, "CHAT_MANAGER_LUA_DIR=%s", dir);
     const char *env[] = {env_dir, NULL};
     cmt_result_t r = cmt_cm(dir, env, 10000, "help", NULL);
-    assert_int_equal(r.code, 1);
+    assert_cmt_code(r, 1);
     assert_non_null(strstr(r.err, "commands/help.lua:3:"));
     assert_non_null(strstr(r.err, "stack traceback"));
     cmt_result_free(&r);

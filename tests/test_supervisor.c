@@ -261,7 +261,7 @@ static void dead_ollama_falls_back_to_llamacpp_once(void **state)
     char *cfg_path = cmt_path(w->root, "config.json");
     char *before = cmt_read_file(cfg_path, NULL);
     cmt_result_t r = cmt_cm(w->root, env_llama_ok, 30000, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     assert_true(app_backend_is(w->port, "ollama"));
     int pid_before = state_pid(w->root);
@@ -303,18 +303,18 @@ static void switch_without_endpoint_needs_a_restart(void **state)
     (void)state;
     world_t *w = world_new("3600", NULL);
     cmt_result_t r = cmt_cm(w->root, env_llama_ok, 30000, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     int pid = state_pid(w->root);
     r = cmt_cm(w->root, env_llama_ok, 30000, "backend", "switch", "llamacpp", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "the app has no switch endpoint"));
     assert_non_null(strstr(r.out, "Restart the application to apply"));
     cmt_result_free(&r);
     assert_int_equal(state_pid(w->root), pid); /* no restart */
 
     r = cmt_cm(w->root, env_llama_ok, 60000, "backend", "switch", "ollama", "--restart", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "the app has no switch endpoint"));
     assert_non_null(strstr(r.out, "restarting it"));
     cmt_result_free(&r);
@@ -330,7 +330,7 @@ static void usr1_checks_backends_now(void **state)
     (void)state;
     world_t *w = world_new("3600", NULL);
     cmt_result_t r = cmt_cm(w->root, env_llama_ok, 30000, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     int sup = read_int_file(w->root, "run/supervisor.pid");
     assert_true(sup > 1);
@@ -352,7 +352,7 @@ static void hup_restarts_the_app(void **state)
     (void)state;
     world_t *w = world_new("3600", NULL);
     cmt_result_t r = cmt_cm(w->root, env_llama_ok, 30000, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     int sup = read_int_file(w->root, "run/supervisor.pid");
     int pid = state_pid(w->root);
@@ -425,7 +425,7 @@ static void old_session_logs_are_pruned(void **state)
     char *keep = cmt_path(logs, "notes.txt"); /* not a session log: never touched */
     cmt_write_file(keep, "mine\n");
     cmt_result_t r = cmt_cm(w->root, env_llama_ok, 30000, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     int count = 0;
     for (int i = 0; old[i]; i++) {
@@ -447,7 +447,7 @@ static void force_stop_kills_only_marked_processes(void **state)
     (void)state;
     world_t *w = world_new("3600", NULL);
     cmt_result_t r = cmt_cm(w->root, env_llama_ok, 30000, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     int app = state_pid(w->root);
     char *state_path = cmt_path(w->root, "run/state.json");
@@ -468,7 +468,7 @@ static void force_stop_kills_only_marked_processes(void **state)
     assert_int_equal(cmt_wait_exec(marked, "/bin/sleep", 5000), 0);
     assert_int_equal(cmt_wait_exec(foreign, "/bin/sleep", 5000), 0);
     r = cmt_cm(w->root, NULL, 30000, "force-stop", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     int st = cmt_wait_child(marked, 5000);
     assert_true(st != -1 && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);

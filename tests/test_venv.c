@@ -142,7 +142,7 @@ static void first_start_creates_the_venv_with_uv(void **state)
     (void)state;
     venv_fixture_t *f = fixture_new(1, NULL);
     cmt_result_t r = cm(f, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "[INFO]   Creating virtual environment at: "));
     assert_non_null(strstr(r.out, "[INFO]   Resolved 3 packages"));
     assert_non_null(strstr(r.out, "[INFO]   Installed 3 packages"));
@@ -166,7 +166,7 @@ static void first_start_creates_the_venv_with_uv(void **state)
     assert_true(cmi_environ_has(app, entry));
 
     r = cm(f, "restart", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_null(strstr(r.out, "creating"));
     cmt_result_free(&r);
     text = calls(f);
@@ -183,7 +183,7 @@ static void failed_install_leaves_no_half_venv(void **state)
     (void)state;
     venv_fixture_t *f = fixture_new(0, NULL);
     cmt_result_t r = cm(f, "start", "PIP_RESULT=fail");
-    assert_int_equal(r.code, 1);
+    assert_cmt_code(r, 1);
     assert_non_null(strstr(r.out, "[INFO]   ERROR: Could not find a version"));
     char want[1024];
     snprintf(want, sizeof want,
@@ -195,7 +195,7 @@ static void failed_install_leaves_no_half_venv(void **state)
     assert_false(cmi_lock_held(f->root));
 
     r = cm(f, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "[INFO]   Successfully installed chat-o-llama-0.1"));
     cmt_result_free(&r);
     char *text = calls(f);
@@ -224,7 +224,7 @@ static void interrupted_preparation_is_redone(void **state)
     char *pending = cmt_path(f->root, "run/venv-incomplete");
     cmt_write_file(pending, "venv\n");
     cmt_result_t r = cm(f, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     assert_non_null(strstr(r.out, "left incomplete by an earlier start"));
     cmt_result_free(&r);
     assert_false(access(half, F_OK) == 0);
@@ -244,7 +244,7 @@ static void system_or_active_venv_creates_nothing(void **state)
     (void)state;
     venv_fixture_t *f = fixture_new(1, "system");
     cmt_result_t r = cm(f, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     assert_false(exists(f->root, "venv"));
     char *text = calls(f);
@@ -257,7 +257,7 @@ static void system_or_active_venv_creates_nothing(void **state)
     snprintf(active, sizeof active, "VIRTUAL_ENV=%s", f->bin);
     const char *env[] = {f->path_env, f->calls_env, active, NULL};
     r = cmt_cm(f->root, env, 60000, "start", NULL);
-    assert_int_equal(r.code, 0);
+    assert_cmt_code(r, 0);
     cmt_result_free(&r);
     assert_false(exists(f->root, "venv"));
     text = calls(f);

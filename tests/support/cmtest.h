@@ -32,6 +32,16 @@ typedef struct cmt_result {
     double ms; /* wall time */
 } cmt_result_t;
 
+/* assert_int_equal on a command's exit code that, when it fails, first
+ * prints what the command said (so a failure in CI explains itself). */
+#define assert_cmt_code(r, want)                                                         \
+    do {                                                                                 \
+        if ((r).code != (want))                                                          \
+            print_error("the command exited %d, not %d; it said:\n%s\n%s\n", (r).code,  \
+                        (int)(want), (r).out ? (r).out : "", (r).err ? (r).err : "");   \
+        assert_int_equal((r).code, (want));                                              \
+    } while (0)
+
 /* Runs argv (argv[0] a path) with extra "K=V" environment entries (NULL
  * terminated, may be NULL), waits at most timeout_ms (then SIGKILLs the
  * child's group).  The child runs in its own process group. */
