@@ -912,7 +912,7 @@ static void run_row(void **state)
 
     int failed = 0;
     if (sanitizer.len > 0) {
-        print_error("%s\n%s", sanitizer.data, report.data);
+        cmt_print_long("%s\n%s", sanitizer.data, report.data);
         failed = 1;
     } else if (expect_fail != NULL) {
         if (problems.len == 0) {
@@ -928,7 +928,7 @@ static void run_row(void **state)
             xfails++;
         }
     } else if (problems.len > 0) {
-        print_error("%s\n%s", problems.data, report.data);
+        cmt_print_long("%s\n%s", problems.data, report.data);
         failed = 1;
     }
 

@@ -1677,7 +1677,8 @@ static void run_row(void **state)
                           c->unsafe ? "but this failure is about safety, never excused\n"
                           : strict  ? ""
                                     : "but the failure is not its symptom\n");
-        fail_msg("%s:\n%s", c->name, c->findings);
+        cmt_print_long("%s:\n%s\n", c->name, c->findings);
+        fail_msg("%s: see above", c->name);
     }
 }
 

@@ -174,8 +174,8 @@ static int wait_backend_in(const char *root, int port, const char *backend, int 
     if (root != NULL) {
         char *logs = cmi_logs_text(root);
         size_t n = logs != NULL ? strlen(logs) : 0;
-        print_error("the app does not serve with %s after %d ms; the logs end:\n%s\n", backend,
-                    timeout_ms, logs != NULL ? logs + (n > 4000 ? n - 4000 : 0) : "(none)");
+        cmt_print_long("the app does not serve with %s after %d ms; the logs end:\n%s\n", backend,
+                       timeout_ms, logs != NULL ? logs + (n > 4000 ? n - 4000 : 0) : "(none)");
         free(logs);
     }
     return -1;

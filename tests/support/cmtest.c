@@ -562,3 +562,13 @@ int cmt_blackhole_port(int *fds, int *nfds)
     *nfds = 0;
     return -1;
 }
+
+void cmt_print_long(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fflush(stdout);
+    vfprintf(stderr, fmt, ap);
+    fflush(stderr);
+    va_end(ap);
+}

@@ -32,14 +32,18 @@ typedef struct cmt_result {
     double ms; /* wall time */
 } cmt_result_t;
 
+/* Prints a long diagnostic to stderr whole (cmocka's print_error keeps
+ * only the first 1024 bytes of a message). */
+void cmt_print_long(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* assert_int_equal on a command's exit code that, when it fails, first
  * prints what the command said (so a failure in CI explains itself). */
-#define assert_cmt_code(r, want)                                                         \
-    do {                                                                                 \
-        if ((r).code != (want))                                                          \
-            print_error("the command exited %d, not %d; it said:\n%s\n%s\n", (r).code,  \
-                        (int)(want), (r).out ? (r).out : "", (r).err ? (r).err : "");   \
-        assert_int_equal((r).code, (want));                                              \
+#define assert_cmt_code(r, want)                                                            \
+    do {                                                                                    \
+        if ((r).code != (want))                                                             \
+            cmt_print_long("the command exited %d, not %d; it said:\n%s\n%s\n", (r).code, \
+                           (int)(want), (r).out ? (r).out : "", (r).err ? (r).err : "");   \
+        assert_int_equal((r).code, (want));                                                 \
     } while (0)
 
 /* Runs argv (argv[0] a path) with extra "K=V" environment entries (NULL
