@@ -340,8 +340,10 @@ end
 -- Stops an app whose supervisor is gone, from the pid file and /proc.
 local function stop_unsupervised(settings, inst, app)
     ui.info("Stopping Chat-O-Llama (PID %d, no supervisor)...", app.pid)
-    signal_app(app, "TERM")
+    -- CONT first (a stopped app cannot act on TERM), never after: see
+    -- actions.term_group in lua/supervisor.lua.
     signal_app(app, "CONT")
+    signal_app(app, "TERM")
     local grace = settings:get("manager.stop_timeout") * 1000
     local gone = with_dots(function() return wait_app(app, grace) end)
     if not gone then
@@ -395,8 +397,8 @@ end
 local function stop_adopted(settings, app)
     ui.info("Stopping Chat-O-Llama (PID %d, started outside chat-manager)...", app.pid)
     local tree = app.pgid and {} or instance_mod.process_tree(app.pid)
+    signal_adopted(app, "CONT", tree) -- first: see stop_unsupervised
     local wait = signal_adopted(app, "TERM", tree)
-    signal_adopted(app, "CONT", tree)
     local grace = settings:get("manager.stop_timeout") * 1000
     local gone = with_dots(function() return wait(grace) end)
     if not gone then
@@ -426,9 +428,10 @@ function M.stop_locked(ctx, settings, inst)
     if sup then
         local st = inst:read_state() or {}
         ui.info("Stopping Chat-O-Llama (PID %s)...", tostring(st.pid or "-"))
-        cm.proc.kill(sup, "TERM")
-        -- A SIGSTOPped supervisor would keep the TERM pending forever.
+        -- A SIGSTOPped supervisor would keep the TERM pending forever, so
+        -- CONT, and before the TERM (see actions.term_group).
         cm.proc.kill(sup, "CONT")
+        cm.proc.kill(sup, "TERM")
         local limit = (settings:get("manager.stop_timeout") + 10) * 1000
         local gone = with_dots(function() return cm.proc.wait_exit(sup, limit) end)
         if not gone then

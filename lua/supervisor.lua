@@ -331,9 +331,14 @@ end
 function actions.term_group(sv)
     local pgid = sv.ctx.pid
     if not pgid then return end
-    cm.proc.kill_group(pgid, "TERM")
-    -- A stopped (SIGSTOP) app cannot act on TERM until it continues.
+    -- A stopped (SIGSTOP) app cannot act on TERM until it continues: CONT
+    -- first.  Never after the TERM: a CONT that arrives while the process
+    -- is already exiting cancels the stop of a ptrace attach it may be in
+    -- (LeakSanitizer's scan at exit in the sanitizer build attaches to
+    -- itself), which then waits forever; a late CONT left such apps and
+    -- supervisors hung until SIGKILL.
     cm.proc.kill_group(pgid, "CONT")
+    cm.proc.kill_group(pgid, "TERM")
 end
 
 function actions.arm_stop_timer(sv)
