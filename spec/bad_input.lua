@@ -795,28 +795,30 @@ user_backend("an endless loop in check", "return { name = 'mine', check = functi
 -- must reach its own backend (the slow one, first by name, answers last),
 -- and a file stuck while loading must not take the files after it (in name
 -- order) down with it.
+local MINE_OK = "return { name = 'mine', check = function() return { healthy = true, detail = 'mine ok' } end }\n"
+-- A backend file whose check reads the global `label` its load set.
+local function labelled(name)
+    return ("label = '%s'\nreturn { name = '%s', check = function() cm.time.sleep(50)\n" ..
+        "  return { healthy = true, detail = 'I am ' .. label } end }\n"):format(name, name)
+end
 add("user-backend", { name = "two user backends get their own results", argv = { "backend", "status" }, exit = 0,
-    files = { ["backends/mine.lua"] = "return { name = 'mine', check = function() return { healthy = true, detail = 'mine ok' } end }\n",
+    files = { ["backends/mine.lua"] = MINE_OK,
               ["backends/aslow.lua"] = "return { name = 'aslow', check = function() cm.time.sleep(100)\n" ..
                   "  return { healthy = false, detail = 'aslow down' } end }\n" },
     message = { "mine       ✓ healthy     mine ok", "aslow      ✗ unhealthy   aslow down" } })
 add("user-backend", { name = "slow files share no deadline: each may take most of its own",
     argv = { "backend", "health", "mine" }, exit = 0, timeout = 15000, config = base({ user_timeout = 2 }),
     files = { ["backends/aaa.lua"] = "cm.time.sleep(1200)\nreturn { name = 'aaa', check = function() return { healthy = true } end }\n",
-              ["backends/mine.lua"] = "cm.time.sleep(1200)\n" ..
-                  "return { name = 'mine', check = function() return { healthy = true, detail = 'mine ok' } end }\n" },
+              ["backends/mine.lua"] = "cm.time.sleep(1200)\n" .. MINE_OK },
     message = { "mine       ✓ healthy     mine ok" }, absent = { "ignoring backend" } })
 add("user-backend", { name = "two files with the same global do not see each other's",
     argv = { "backend", "status" }, exit = 0,
-    files = { ["backends/aaa.lua"] = "label = 'aaa'\nreturn { name = 'aaa', check = function() cm.time.sleep(50)\n" ..
-                  "  return { healthy = true, detail = 'I am ' .. label } end }\n",
-              ["backends/mine.lua"] = "label = 'mine'\nreturn { name = 'mine', check = function() cm.time.sleep(50)\n" ..
-                  "  return { healthy = true, detail = 'I am ' .. label } end }\n" },
+    files = { ["backends/aaa.lua"] = labelled("aaa"), ["backends/mine.lua"] = labelled("mine") },
     message = { "aaa        ✓ healthy     I am aaa", "mine       ✓ healthy     I am mine" } })
 add("user-backend", { name = "a file after one stuck while loading still loads",
     argv = { "backend", "health", "mine" }, exit = 0, timeout = 10000, config = base({ user_timeout = 1 }),
     files = { ["backends/aaa.lua"] = "return ('').rep('', 2^62)\n",
-              ["backends/mine.lua"] = "return { name = 'mine', check = function() return { healthy = true, detail = 'mine ok' } end }\n" },
+              ["backends/mine.lua"] = MINE_OK },
     message = { "ignoring backend ${ROOT}/backends/aaa.lua: ${ROOT}/backends/aaa.lua: loading it did not finish within 1 s",
                 "mine       ✓ healthy     mine ok" } })
 
