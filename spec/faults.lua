@@ -188,6 +188,20 @@ return {
       },
       expect = { state = "stopped", status = 3 } },
 
+    -- The same with the supervisor gone: stop works from process.pid, and
+    -- its CONT lets the app act on TERM well inside stop_timeout.
+    { name = "app_sigstopped_without_supervisor_stop_still_finishes",
+      config = { manager = { stop_timeout = 3 } },
+      steps = {
+        { "cm", "start", code = 0, says = "started successfully" },
+        { "wait_state", "running" },
+        { "kill_supervisor" },
+        { "signal_app", "STOP" },
+        { "cm", "stop", code = 0, says = { "no supervisor", stop_msg },
+          not_says = "sending SIGKILL" },
+      },
+      expect = { state = "stopped", status = 3 } },
+
     { name = "app_sigstopped_ignoring_term_stop_finishes_by_kill",
       app = "ignore-term", config = { manager = { stop_timeout = 1 } },
       steps = {
